@@ -1,0 +1,6 @@
+"""Flower NumPyClients and the adapter that serves them to a Message-API ClientApp."""
+
+from clients.adapter import numpy_client_app
+from clients.sgd_client import SgdClient
+
+__all__ = ["SgdClient", "numpy_client_app"]

@@ -1,0 +1,78 @@
+"""Serve any ``NumPyClient`` to a Message-API ``ClientApp``: the one place that converts.
+
+Train: ArrayRecord -> list of ndarrays -> ``fit`` -> ArrayRecord (same array names, in
+order) + MetricRecord with ``num-examples``. Evaluate: ``evaluate`` -> MetricRecord with
+``loss``, ``num-examples`` and the client's metrics. A client exception becomes Flower's
+error reply, which the strategy counts as a failed client.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+
+from strategies.records import named_array_record
+
+ClientFn = Callable[[Context, dict[str, Any]], NumPyClient]
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+
+
+def _inputs(msg: Message) -> tuple[list[str], list[Any], dict[str, Any]]:
+    record = msg.content[ARRAYS_KEY]
+    config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
+    names = list(record.keys())
+    return names, record.to_numpy_ndarrays(), config
+
+
+def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
+    """Run ``fit`` and wrap its result as the reply to ``msg``."""
+    names, arrays, config = _inputs(msg)
+    client = client_fn(context, config)
+    new_arrays, num_examples, metrics = client.fit(arrays, config)
+    if len(new_arrays) != len(names):
+        raise ValueError(f"fit returned {len(new_arrays)} arrays, expected {len(names)}")
+    content = RecordDict(
+        {
+            ARRAYS_KEY: named_array_record(OrderedDict(zip(names, new_arrays, strict=True))),
+            METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
+    """Run ``evaluate`` and wrap its result as the reply to ``msg``."""
+    _, arrays, config = _inputs(msg)
+    client = client_fn(context, config)
+    loss, num_examples, metrics = client.evaluate(arrays, config)
+    content = RecordDict(
+        {
+            METRICS_KEY: MetricRecord(
+                {**metrics, "loss": float(loss), "num-examples": int(num_examples)}
+            )
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def numpy_client_app(client_fn: ClientFn) -> ClientApp:
+    """A ClientApp answering ``train`` and ``evaluate`` messages with ``client_fn``'s client."""
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return train_reply(msg, context, client_fn)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return evaluate_reply(msg, context, client_fn)
+
+    return app

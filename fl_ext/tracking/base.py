@@ -1,0 +1,57 @@
+"""The tracker interface the ServerApp talks to, and the do-nothing tracker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+
+class Tracker:
+    """Records one run: params, per-round metrics, artifacts, the final model, the status.
+
+    The base class records nothing (``tracking=none``); :class:`MlflowTracker` overrides it.
+    """
+
+    run_id: str | None = None
+
+    def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Open the run."""
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log one round's metrics in one batch."""
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Attach or update run tags."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store a text artifact (e.g. the resolved config)."""
+
+    def log_png(self, png_bytes: bytes, artifact_file: str) -> None:
+        """Store an image artifact."""
+
+    def log_model(
+        self,
+        model: nn.Module,
+        *,
+        input_example: np.ndarray,
+        registered_name: str | None,
+        tags: Mapping[str, str],
+    ) -> str | None:
+        """Log the model and register it when ``registered_name`` is set.
+
+        ``input_example`` gives the logged model its signature. Returns the version.
+        """
+        return None
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run with ``FINISHED`` or ``FAILED``."""
+
+
+class NullTracker(Tracker):
+    """Tracking switched off: every call is a no-op."""
+
+    def __init__(self, **_: Any) -> None:
+        pass

@@ -1,0 +1,148 @@
+"""MLflow tracking through an explicit client (no global active-run state in the ServerApp)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fl_ext.tracking.base import Tracker
+from fl_ext.tracking.paths import default_artifact_root, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+_PARAM_BATCH = 100  # MLflow's log_batch limits
+_METRIC_BATCH = 1000
+_PARAM_VALUE_MAX = 6000
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run per experiment run, in ``experiment`` at ``uri`` (see paths.py)."""
+
+    def __init__(
+        self,
+        *,
+        uri: str | None = None,
+        experiment: str = "fl-ext",
+        register_model: bool = True,
+        registered_model_name: str | None = None,
+    ) -> None:
+        if not experiment:
+            raise ValueError("tracking.experiment must be a non-empty name")
+        self.uri = resolve_tracking_uri(uri)
+        self.experiment = experiment
+        self.register_model = bool(register_model)
+        self.registered_model_name = registered_model_name
+        self.run_id = None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient, created on first use (import of mlflow is slow)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            if self.uri.startswith("sqlite:///"):
+                Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        """Id of the experiment, created with an absolute artifact location if new."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(
+            self.client.create_experiment(
+                self.experiment, artifact_location=default_artifact_root(self.uri)
+            )
+        )
+
+    def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        items = [Param(k, str(v)[:_PARAM_VALUE_MAX]) for k, v in params.items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _PARAM_BATCH])
+        log.info("MLflow run %s in experiment '%s' at %s", self.run_id, self.experiment, self.uri)
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), _METRIC_BATCH):
+            self.client.log_batch(self._require_run(), metrics=items[i : i + _METRIC_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(
+            self._require_run(), tags=[RunTag(k, str(v)) for k, v in tags.items()]
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self._require_run(), text, artifact_file)
+
+    def log_png(self, png_bytes: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(png_bytes)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(
+                self._require_run(), str(path), None if parent == "." else parent
+            )
+
+    def log_model(
+        self,
+        model: nn.Module,
+        *,
+        input_example: np.ndarray,
+        registered_name: str | None,
+        tags: Mapping[str, str],
+    ) -> str | None:
+        import mlflow
+        import mlflow.pytorch
+
+        name = (registered_name or self.registered_model_name) if self.register_model else None
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self._require_run()):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=input_example,
+                registered_model_name=name,
+                pip_requirements=_pip_requirements(),
+            )
+        version = getattr(info, "registered_model_version", None)
+        if name and version is not None:
+            for key, value in tags.items():
+                self.client.set_model_version_tag(name, str(version), key, str(value))
+            self.client.set_registered_model_tag(name, "fl_ext.latest_run", self._require_run())
+            log.info("Registered model '%s' version %s", name, version)
+        return None if version is None else str(version)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+            log.info("MLflow run %s ended %s", self.run_id, status)
+
+    def _require_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("MlflowTracker.start() has not been called")
+        return self.run_id
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements for the logged model, without MLflow's slow inference."""
+    from importlib.metadata import version
+
+    return [f"torch=={version('torch').split('+')[0]}", f"numpy=={version('numpy')}"]

@@ -1,0 +1,1 @@
+"""Flower apps (ServerApp, ClientApp), Hydra composition, sweeps and comparisons."""

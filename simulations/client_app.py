@@ -1,0 +1,41 @@
+"""The ClientApp: builds an SgdClient from the node config and the server's ConfigRecord.
+
+Clients never read conf/: the dataset, partition and model specs, and the dataset hash,
+arrive in every train/evaluate message. ``partition-id`` and ``num-partitions`` come from the
+node config (set by the simulation engine, or by ``--node-config`` on a SuperNode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import Context
+
+from clients import SgdClient, numpy_client_app
+from fl_ext.data.federated import client_data
+from fl_ext.models import ClassifierNet
+from fl_ext.specs import build_from_spec, spec_from_json
+
+
+def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
+    """Build this node's client for one message."""
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    data = client_data(
+        dataset_spec_json=str(config["dataset-spec"]),
+        partition_spec_json=str(config["partition-spec"]),
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        local_test_fraction=float(config.get("local-test-fraction", 0.1)),
+        expected_hash=str(config["dataset-hash"]) if "dataset-hash" in config else None,
+    )
+    model = build_from_spec(
+        spec_from_json(str(config["model-spec"])),
+        ClassifierNet,
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+    )
+    return SgdClient(model=model, train=data.train, test=data.test, partition_id=partition_id)
+
+
+app = numpy_client_app(client_fn)

@@ -1,0 +1,120 @@
+"""Compose the experiment config from conf/ plus overrides, and check it before any training.
+
+The run config carries one string, ``overrides``, with Hydra overrides separated by spaces:
+``flwr run . --run-config 'overrides="strategy=fedprox partition=dirichlet partition.alpha=0.3"'``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("strategy", "dataset", "partition", "model", "tracking")
+
+
+class ConfigError(ValueError):
+    """The experiment config cannot run; the message says which value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A composed, resolved and checked config plus the option chosen in every group."""
+
+    cfg: DictConfig
+    choices: dict[str, str]
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain containers with interpolations resolved."""
+        return OmegaConf.to_container(self.cfg, resolve=True)  # type: ignore[return-value]
+
+
+def parse_overrides(text: str | None) -> list[str]:
+    """Split the run-config string into Hydra overrides (shell quoting rules)."""
+    try:
+        return shlex.split(text or "")
+    except ValueError as err:
+        raise ConfigError(f"cannot parse overrides {text!r}: {err}") from err
+
+
+def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DIR) -> Experiment:
+    """Compose ``conf/config.yaml`` with ``overrides``; raise :class:`ConfigError` if invalid."""
+    if isinstance(overrides, str):
+        overrides = parse_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            full = compose(
+                config_name="config", overrides=list(overrides), return_hydra_config=True
+            )
+        choices = {g: str(full.hydra.runtime.choices[g]) for g in GROUPS}
+        with_hydra = OmegaConf.to_container(full, resolve=False)
+        assert isinstance(with_hydra, dict)
+        with_hydra.pop("hydra")
+        cfg = OmegaConf.create(with_hydra)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"invalid overrides {list(overrides)}: {err}") from err
+    check_config(cfg)
+    return Experiment(cfg=cfg, choices=choices)
+
+
+def _require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is invalid: must be {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject impossible federation/training values before anything starts."""
+    c = cfg
+    _require(c, "num_rounds", _is_int(c.num_rounds) and c.num_rounds >= 1, "an integer >= 1")
+    _require(
+        c, "fraction_train", _is_num(c.fraction_train) and 0 < c.fraction_train <= 1, "in (0, 1]"
+    )
+    _require(
+        c,
+        "fraction_evaluate",
+        _is_num(c.fraction_evaluate) and 0 <= c.fraction_evaluate <= 1,
+        "in [0, 1]",
+    )
+    for key in (
+        "min_train_nodes",
+        "min_evaluate_nodes",
+        "min_available_nodes",
+        "local_epochs",
+        "batch_size",
+    ):
+        _require(c, key, _is_int(c[key]) and c[key] >= 1, "an integer >= 1")
+    _require(
+        c,
+        "min_available_nodes",
+        c.min_available_nodes >= c.min_train_nodes,
+        f">= min_train_nodes ({c.min_train_nodes})",
+    )
+    _require(c, "lr", _is_num(c.lr) and c.lr > 0, "> 0")
+    _require(c, "momentum", _is_num(c.momentum) and 0 <= c.momentum < 1, "in [0, 1)")
+    _require(
+        c,
+        "local_test_fraction",
+        _is_num(c.local_test_fraction) and 0 <= c.local_test_fraction < 1,
+        "in [0, 1)",
+    )
+    for key in ("round_timeout", "node_wait_timeout"):
+        _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
+    _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
+    for group in ("strategy", "dataset", "partition", "model", "tracking"):
+        _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")

@@ -1,0 +1,426 @@
+"""FedAvg that trusts nothing a client says: the base every fl-ext capability plugs into.
+
+It keeps Flower's Message-API shape (``configure_*`` / ``aggregate_*`` and a ``start`` loop)
+and adds: a seeded selector, a check of every reply (bad ones are counted and logged, never
+raised), capped example-count weights, aggregation of updates (reply minus global model)
+through a framework-free rule, skipped rounds when too few valid replies arrive, bytes
+measured on the records, and a per-round callback for tracking.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+from flwr.supercore import log
+
+from fl_ext.aggregators import WeightedMean, capped_example_weights
+from fl_ext.params import ParamSpec
+from fl_ext.selection import UniformSelector
+from fl_ext.validation import Rejection, RejectReason, check_update_norm
+from strategies.nodes import wait_for_nodes
+from strategies.records import named_array_record, record_to_named
+from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
+from strategies.round_log import RoundLog
+from strategies.wire import record_wire_bytes
+
+RoundCallback = Callable[[int, dict[str, float]], None]
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class FlExtFedAvg(FedAvg):
+    """Federated averaging with validated replies and capped weights.
+
+    Parameters (keyword-only)
+    -------------------------
+    fraction_train, fraction_evaluate : share of connected nodes asked per round
+        (``fraction_evaluate=0`` switches federated evaluation off).
+    min_train_nodes, min_evaluate_nodes : fewer valid replies than this skip the round.
+    min_available_nodes : nodes that must be connected before round 1 (bounded wait).
+    max_examples_per_client : a reported count above this is rejected as absurd.
+    weight_cap_factor : weights are capped at this multiple of the lower-median count.
+    max_update_norm : an update (reply minus global model) with a larger L2 norm is rejected.
+    seed : seeds node selection.
+    node_wait_timeout : seconds to wait for ``min_available_nodes`` before failing.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        max_examples_per_client: int | None = None,
+        weight_cap_factor: float | None = 10.0,
+        max_update_norm: float | None = None,
+        seed: int = 0,
+        node_wait_timeout: float = 120.0,
+        aggregator: WeightedMean | None = None,
+    ) -> None:
+        _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
+        _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
+        for name, value in (
+            ("min_train_nodes", min_train_nodes),
+            ("min_evaluate_nodes", min_evaluate_nodes),
+            ("min_available_nodes", min_available_nodes),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if min_available_nodes < min_train_nodes:
+            raise ValueError(
+                f"min_available_nodes ({min_available_nodes}) must be >= min_train_nodes "
+                f"({min_train_nodes})"
+            )
+        if max_examples_per_client is not None and max_examples_per_client < 1:
+            raise ValueError(
+                f"max_examples_per_client must be >= 1 or null, got {max_examples_per_client}"
+            )
+        if weight_cap_factor is not None and not weight_cap_factor >= 1:
+            raise ValueError(f"weight_cap_factor must be >= 1 or null, got {weight_cap_factor}")
+        if max_update_norm is not None and not max_update_norm > 0:
+            raise ValueError(f"max_update_norm must be > 0 or null, got {max_update_norm}")
+        if not node_wait_timeout > 0:
+            raise ValueError(f"node_wait_timeout must be > 0, got {node_wait_timeout}")
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+        )
+        self.max_examples_per_client = max_examples_per_client
+        self.weight_cap_factor = weight_cap_factor
+        self.max_update_norm = max_update_norm
+        self.node_wait_timeout = float(node_wait_timeout)
+        self.aggregator = aggregator or WeightedMean()
+        self.train_selector = UniformSelector(
+            fraction=fraction_train, minimum=min_train_nodes, seed=seed
+        )
+        self.evaluate_selector = (
+            UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
+            if fraction_evaluate > 0
+            else None
+        )
+        self.round_log = RoundLog(0)
+        self._spec: ParamSpec | None = None
+        self._global_flat: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def train_config_entries(self, server_round: int) -> dict[str, Any]:
+        """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
+        return {"server-round": server_round}
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> %s", type(self).__name__)
+        log(INFO, "\t│\t├── max examples per client: %s", self.max_examples_per_client)
+        log(INFO, "\t│\t├── weight cap factor: %s", self.weight_cap_factor)
+        log(INFO, "\t│\t└── max update norm: %s", self.max_update_norm)
+        super().summary()
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Select nodes and build one train message each; ``config`` is not modified."""
+        self.round_log = RoundLog(server_round)
+        self._set_global(arrays)
+        available = list(grid.get_node_ids())
+        if len(available) < self.min_train_nodes:
+            self.round_log.skipped = (
+                f"{len(available)} nodes connected, min_train_nodes is {self.min_train_nodes}"
+            )
+            log(WARNING, "Round %d skipped: %s", server_round, self.round_log.skipped)
+            return []
+        selected = self.train_selector.select(available)
+        self.round_log.selected = selected
+        record = self._record(arrays, config, self.train_config_entries(server_round))
+        self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
+        log(INFO, "configure_train: %d of %d nodes selected", len(selected), len(available))
+        return self._construct_messages(record, selected, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check every reply, aggregate the valid updates, or skip the round."""
+        replies = list(replies)
+        spec, global_flat = self._require_global()
+        rlog = self.round_log
+        updates = torch.empty((len(replies), spec.size), dtype=torch.float32)
+        accepted: list[TrainReply] = []
+        seen: set[int] = set()
+        for msg in replies:
+            if msg.has_content():
+                rlog.bytes_up += record_wire_bytes(msg.content)
+            node_id = msg.metadata.src_node_id
+            if msg.has_error():
+                rlog.failed += 1
+                log(INFO, "\t> node %d failed: %s", node_id, msg.error.reason)
+                continue
+            rlog.replied += 1
+            parsed = self._parse_train(msg, node_id, seen, spec)
+            if isinstance(parsed, TrainReply):
+                row = updates[len(accepted)]
+                spec.flatten(parsed.arrays, out=row).sub_(global_flat)
+                parsed = (
+                    check_update_norm(float(torch.linalg.vector_norm(row)), self.max_update_norm)
+                    or parsed
+                )
+            if isinstance(parsed, Rejection):
+                self._reject(node_id, parsed)
+                continue
+            accepted.append(parsed)
+
+        metrics = MetricRecord({"clients_valid": len(accepted)})
+        if rlog.skipped is None and len(accepted) < self.min_train_nodes:
+            rlog.skipped = (
+                f"{len(accepted)} valid replies, min_train_nodes is {self.min_train_nodes}"
+            )
+            log(WARNING, "Round %d skipped, global model unchanged: %s", server_round, rlog.skipped)
+        if rlog.skipped is not None:
+            return None, metrics
+
+        counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
+        weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
+        delta = self.aggregator(updates[: len(accepted)], weights)
+        new_arrays = spec.unflatten(global_flat + delta)
+        losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]
+        if losses:
+            metrics["train_loss"] = float(np.mean(losses))
+        return named_array_record(new_arrays), metrics
+
+    # --------------------------------------------------------------- evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Select nodes for federated evaluation (none when ``fraction_evaluate`` is 0)."""
+        available = list(grid.get_node_ids())
+        if self.evaluate_selector is None or len(available) < self.min_evaluate_nodes:
+            return []
+        selected = self.evaluate_selector.select(available)
+        self.round_log.eval_selected = len(selected)
+        record = self._record(arrays, config, {"server-round": server_round})
+        self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
+        return self._construct_messages(record, selected, MessageType.EVALUATE)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted (capped) mean of valid clients' loss and accuracy."""
+        rlog = self.round_log
+        accepted: list[EvaluateReply] = []
+        for msg in replies:
+            if msg.has_content():
+                rlog.bytes_up += record_wire_bytes(msg.content)
+            if msg.has_error():
+                rlog.eval_failed += 1
+                continue
+            rlog.eval_replied += 1
+            parsed = parse_evaluate_reply(msg, max_examples=self.max_examples_per_client)
+            if isinstance(parsed, Rejection):
+                rlog.eval_rejected += 1
+                log(
+                    WARNING,
+                    "\t> evaluate reply from node %d rejected: %s",
+                    msg.metadata.src_node_id,
+                    parsed,
+                )
+                continue
+            accepted.append(parsed)
+        if len(accepted) < self.min_evaluate_nodes:
+            return None
+        weights = capped_example_weights(
+            np.array([r.num_examples for r in accepted], dtype=np.float64), self.weight_cap_factor
+        )
+        weights = weights / weights.sum()
+        return MetricRecord(
+            {
+                key: float(
+                    sum(w * float(r.metrics[key]) for w, r in zip(weights, accepted, strict=True))
+                )
+                for key in ("loss", "accuracy")
+            }
+        )
+
+    # ------------------------------------------------------------------- loop
+    def start(  # noqa: PLR0917  (Flower's positional signature plus the callback)
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        on_round_end: RoundCallback | None = None,
+    ) -> Result:
+        """Flower's round loop, plus a bounded wait for nodes, timing and ``on_round_end``.
+
+        ``on_round_end(round, metrics)`` receives everything about the round in one flat
+        dict (centralized and federated evaluation, counters, bytes, times) so a tracker
+        can log it in one batch. Round 0 reports the initial centralized evaluation.
+        """
+        if num_rounds < 1:
+            raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        log(INFO, "Starting %s", type(self).__name__)
+        self.summary()
+        wait_for_nodes(grid, self.min_available_nodes, timeout=self.node_wait_timeout, settle=0)
+        phases = _Phases(
+            grid=grid,
+            timeout=timeout,
+            train_config=train_config if train_config is not None else ConfigRecord(),
+            evaluate_config=evaluate_config if evaluate_config is not None else ConfigRecord(),
+            evaluate_fn=evaluate_fn,
+            result=Result(arrays=initial_arrays),
+        )
+        notify = on_round_end or (lambda _round, _metrics: None)
+        t_start = time.monotonic()
+        initial = phases.central(0, initial_arrays)
+        if initial:
+            log(INFO, "Initial global evaluation: %s", initial)
+            notify(0, initial)
+        for server_round in range(1, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+            metrics = self._run_round(server_round, phases)
+            log(INFO, "Round %d: %s", server_round, _progress_line(metrics))
+            notify(server_round, metrics)
+        log(INFO, "")
+        log(INFO, "Strategy finished in %.2fs", time.monotonic() - t_start)
+        for line in io.StringIO(str(phases.result)):
+            log(INFO, "\t%s", line.rstrip("\n"))
+        return phases.result
+
+    def _run_round(self, server_round: int, phases: _Phases) -> dict[str, float]:
+        """Train, evaluate (federated, then centralized) and collect the round's metrics."""
+        result, grid = phases.result, phases.grid
+        t_round = time.monotonic()
+        replies = grid.send_and_receive(
+            self.configure_train(server_round, result.arrays, phases.train_config, grid),
+            timeout=phases.timeout,
+        )
+        new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+        t_train = time.monotonic() - t_round
+        metrics: dict[str, float] = {}
+        if new_arrays is not None:
+            result.arrays = new_arrays
+        if train_metrics is not None:
+            result.train_metrics_clientapp[server_round] = train_metrics
+            metrics.update(_scalars("", train_metrics))
+        eval_replies = grid.send_and_receive(
+            self.configure_evaluate(server_round, result.arrays, phases.evaluate_config, grid),
+            timeout=phases.timeout,
+        )
+        fed_metrics = self.aggregate_evaluate(server_round, eval_replies)
+        if fed_metrics is not None:
+            result.evaluate_metrics_clientapp[server_round] = fed_metrics
+            metrics.update(_scalars("fed_eval_", fed_metrics))
+        metrics.update(phases.central(server_round, result.arrays))
+        rlog = self.round_log
+        phases.bytes_down += rlog.bytes_down
+        phases.bytes_up += rlog.bytes_up
+        metrics.update(rlog.metrics())
+        metrics.update(
+            bytes_down_cum=phases.bytes_down,
+            bytes_up_cum=phases.bytes_up,
+            train_time_s=t_train,
+            round_time_s=time.monotonic() - t_round,
+        )
+        return metrics
+
+    # --------------------------------------------------------------- helpers
+    def _record(
+        self, arrays: ArrayRecord, config: ConfigRecord, extra: dict[str, Any]
+    ) -> RecordDict:
+        merged = ConfigRecord({**dict(config), **extra})  # a copy: the caller's is untouched
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: merged})
+
+    def _set_global(self, arrays: ArrayRecord) -> None:
+        named = record_to_named(arrays)
+        self._spec = ParamSpec.of(named)
+        self._global_flat = self._spec.flatten(named)
+
+    def _require_global(self) -> tuple[ParamSpec, torch.Tensor]:
+        if self._spec is None or self._global_flat is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        return self._spec, self._global_flat
+
+    def _parse_train(
+        self, msg: Message, node_id: int, seen: set[int], spec: ParamSpec
+    ) -> TrainReply | Rejection:
+        if node_id not in self.round_log.selected or node_id in seen:
+            return Rejection(RejectReason.MALFORMED, "reply from a node not selected or duplicated")
+        seen.add(node_id)
+        return parse_train_reply(
+            msg, spec, max_examples=self.max_examples_per_client, required_metrics=("train_loss",)
+        )
+
+    def _reject(self, node_id: int, rejection: Rejection) -> None:
+        self.round_log.rejected[rejection.reason.value] += 1
+        log(WARNING, "\t> reply from node %d rejected: %s", node_id, rejection)
+
+
+def _check_range(
+    name: str, value: float, low: float, high: float, *, low_open: bool = False
+) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+@dataclass
+class _Phases:
+    """What every round of one ``start`` call shares."""
+
+    grid: Grid
+    timeout: float
+    train_config: ConfigRecord
+    evaluate_config: ConfigRecord
+    evaluate_fn: EvaluateFn | None
+    result: Result
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def central(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        """Centralized evaluation (``test_*`` metrics), recorded in the result."""
+        if self.evaluate_fn is None:
+            return {}
+        record = self.evaluate_fn(server_round, arrays)
+        if record is None:
+            return {}
+        self.result.evaluate_metrics_serverapp[server_round] = record
+        return _scalars("test_", record)
+
+
+def _scalars(prefix: str, record: MetricRecord) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in record.items() if not isinstance(v, list)}
+
+
+def _progress_line(m: dict[str, float]) -> str:
+    parts = []
+    if "test_accuracy" in m:
+        parts.append(
+            f"test acc {m['test_accuracy']:.4f} loss {m.get('test_loss', float('nan')):.4f}"
+        )
+    if "train_loss" in m:
+        parts.append(f"train loss {m['train_loss']:.4f}")
+    parts.append(
+        f"clients {int(m['clients_replied'])}/{int(m['clients_selected'])} replied, "
+        f"{int(m['clients_rejected'])} rejected"
+    )
+    if m.get("round_skipped"):
+        parts.append("SKIPPED")
+    parts.append(f"{m['round_time_s']:.2f}s")
+    return " | ".join(parts)

@@ -1,0 +1,42 @@
+"""Per-round counters the strategy fills and the ServerApp sends to tracking."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RoundLog:
+    """What happened in one round: who was asked, who answered, what was rejected, bytes."""
+
+    server_round: int
+    selected: list[int] = field(default_factory=list)
+    replied: int = 0
+    failed: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    skipped: str | None = None
+    eval_selected: int = 0
+    eval_replied: int = 0
+    eval_failed: int = 0
+    eval_rejected: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric view for MLflow."""
+        out: dict[str, float] = {
+            "clients_selected": len(self.selected),
+            "clients_replied": self.replied,
+            "clients_failed": self.failed,
+            "clients_rejected": sum(self.rejected.values()),
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "round_skipped": float(self.skipped is not None),
+            "eval_clients_selected": self.eval_selected,
+            "eval_clients_replied": self.eval_replied,
+            "eval_clients_rejected": self.eval_rejected,
+        }
+        for reason, count in self.rejected.items():
+            out[f"rejected_{reason}"] = count
+        return out
