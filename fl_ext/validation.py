@@ -84,7 +84,9 @@ def check_example_count(value: Any, max_examples: int | None) -> Rejection | Non
         return Rejection(RejectReason.BAD_EXAMPLE_COUNT, f"num-examples is {value!r}, not a number")
     count = float(value)
     if not math.isfinite(count) or not count.is_integer():
-        return Rejection(RejectReason.BAD_EXAMPLE_COUNT, f"num-examples {value!r} is not an integer")
+        return Rejection(
+            RejectReason.BAD_EXAMPLE_COUNT, f"num-examples {value!r} is not an integer"
+        )
     if count < 1:
         return Rejection(RejectReason.BAD_EXAMPLE_COUNT, f"num-examples {value!r} is below 1")
     if max_examples is not None and count > max_examples:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from flwr.app import RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 
 def record_wire_bytes(record: RecordDict) -> int:
     """Serialized size of ``record`` and everything nested in it."""
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
+
+
+def wire_copy(record: RecordDict) -> RecordDict:
+    """What the receiver of ``record`` gets: deflated to bytes and inflated again."""
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(record).items()}
+    copied = inflate_object_from_contents(record.object_id, contents, keep_object_contents=True)
+    assert isinstance(copied, RecordDict)
+    return copied

@@ -1,0 +1,98 @@
+"""Run the app with the real ``flwr`` CLI and read back how the run ended.
+
+``flwr run`` exits 0 even when the ServerApp fails, so the outcome is read from
+``flwr ls --run-id`` (``finished:completed`` or ``finished:failed``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulations.local_superlink import LocalSuperLink, flwr_bin
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished ``flwr run``: its id, final status and the streamed log."""
+
+    run_id: int | None
+    status: str
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the ServerApp completed."""
+        return self.status == "finished:completed"
+
+
+def toml_string(text: str) -> str:
+    """Quote ``text`` as a TOML basic string for ``--run-config``."""
+    return json.dumps(text)
+
+
+def run_app(
+    link: LocalSuperLink,
+    overrides: list[str],
+    *,
+    num_supernodes: int = 10,
+    cpus_per_client: int | None = None,
+    app_dir: Path = APP_DIR,
+    timeout: float = 1800.0,
+    echo: bool = False,
+) -> RunOutcome:
+    """``flwr run <app_dir> --stream`` with Hydra ``overrides`` on ``link``; wait for the end."""
+    federation = f"num-supernodes={num_supernodes}"
+    if cpus_per_client is not None:
+        federation += f" client-resources-num-cpus={cpus_per_client}"
+    command = [
+        flwr_bin("flwr"),
+        "run",
+        str(app_dir),
+        "--stream",
+        "--run-config",
+        f"overrides={toml_string(' '.join(overrides))}",
+        "--federation-config",
+        federation,
+    ]
+    process = subprocess.Popen(
+        command,
+        env=link.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
+    process.wait(timeout=timeout)
+    output = "".join(lines)
+    match = re.search(r"Successfully started run (\d+)", output)
+    run_id = int(match.group(1)) if match else None
+    status = run_status(link, run_id) if run_id is not None else "not-started"
+    return RunOutcome(run_id, status, output)
+
+
+def run_status(link: LocalSuperLink, run_id: int) -> str:
+    """Status string of ``run_id`` from ``flwr ls``."""
+    result = subprocess.run(
+        [flwr_bin("flwr"), "ls", "--run-id", str(run_id), "--format", "json"],
+        env=link.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        runs = json.loads(result.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return f"unknown ({result.stdout.strip()[:200]} {result.stderr.strip()[:200]})"
+    return str(runs[0]["status"]) if runs else "unknown (run not listed)"
