@@ -1,10 +1,11 @@
-"""A Grid that runs the real ClientApp in this process: same strategy, client and aggregator
-code as ``flwr run``, without Ray or a SuperLink.
+"""A Grid that runs the real ClientApp in this process, without Ray or a SuperLink.
+
+The strategy, client and aggregator code is the same as under ``flwr run``.
 
 It exists for tests of the round loop and for large experiment matrices that cannot afford a
 Flower simulation per configuration; ``tests/simulations`` checks it against ``flwr run``.
 Each node keeps its own :class:`Context` (state survives rounds, as on a SuperNode), each
-message is delivered as a deep copy (no node can alter what another receives), and a client
+message is delivered as a wire copy (deflated and inflated) (no node can alter what another receives), and a client
 exception becomes an error reply, as Flower's runtime does.
 """
 

@@ -106,9 +106,8 @@ class LocalSuperLink:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"flower-superlink exited with code {self.process.returncode}; see {self.log_file}"
-                )
+                code = self.process.returncode
+                raise RuntimeError(f"flower-superlink exited with code {code}; see {self.log_file}")
             if self._healthy():
                 return self
             time.sleep(0.2)

@@ -25,7 +25,7 @@ def test_training_learns_and_is_deterministic(digits):
     s1 = train_local(m1, digits.train, cfg)
     s2 = train_local(m2, digits.train, cfg)
     assert s1 == s2
-    loss, acc = evaluate(m1, digits.test)
+    _loss, acc = evaluate(m1, digits.test)
     assert acc > 0.85 > acc0
     assert s1.num_examples == len(digits.train)
     assert s1.steps == 3 * int(np.ceil(len(digits.train) / 32))

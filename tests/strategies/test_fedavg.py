@@ -163,7 +163,7 @@ def test_start_loop_tracks_every_round_and_skips_without_changing_the_model():
         named_array_record(GLOBAL),
         num_rounds=2,
         evaluate_fn=lambda rnd, arrays: MetricRecord({"accuracy": 0.1 * rnd, "loss": 1.0}),
-        on_round_end=lambda rnd, metrics: seen.__setitem__(rnd, metrics),
+        on_round_end=seen.__setitem__,
     )
     assert sorted(seen) == [0, 1, 2]
     assert seen[1]["round_skipped"] == 1.0 and seen[1]["clients_rejected"] == 2
