@@ -4,9 +4,9 @@ The strategy, client and aggregator code is the same as under ``flwr run``.
 
 It exists for tests of the round loop and for large experiment matrices that cannot afford a
 Flower simulation per configuration; ``tests/simulations`` checks it against ``flwr run``.
-Each node keeps its own :class:`Context` (state survives rounds, as on a SuperNode), each
-message is delivered as a wire copy (deflated and inflated) (no node can alter what another receives), and a client
-exception becomes an error reply, as Flower's runtime does.
+Each node keeps its own :class:`Context` (state survives rounds, as on a SuperNode), messages
+and replies travel as wire copies (deflated and inflated, so no node can alter what another
+receives), and a client exception becomes an error reply, as Flower's runtime does.
 """
 
 from __future__ import annotations
