@@ -93,11 +93,11 @@ def write_plot(rows: list[RunSummary], out: Path, title: str) -> Path:
 
 def compare(
     experiment: str, *, uri: str | None = None, out: Path | None = None
-) -> tuple[str, Path]:
-    """Print-ready table and the path of the written plot."""
+) -> tuple[list[RunSummary], str, Path]:
+    """The runs, their markdown table and the path of the written plot."""
     rows = summarize(experiment, uri)
     plot = write_plot(rows, out or fl_ext_home() / "plots" / f"{experiment}.png", experiment)
-    return markdown_table(rows), plot
+    return rows, markdown_table(rows), plot
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uri", default=None, help="tracking URI (default: see README)")
     parser.add_argument("--out", type=Path, default=None, help="PNG path for the accuracy plot")
     args = parser.parse_args(argv)
-    table, plot = compare(args.experiment, uri=args.uri, out=args.out)
+    _, table, plot = compare(args.experiment, uri=args.uri, out=args.out)
     print(table)
     print(f"\naccuracy plot: {plot}")
     return 0

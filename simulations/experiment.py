@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -73,7 +74,7 @@ def build(experiment: Experiment) -> Built:
             strategy_cfg.max_examples_per_client = len(split.train)
         strategy = instantiate(strategy_cfg)
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
-    except (ValueError, SpecError, TypeError) as err:
+    except (ValueError, SpecError, TypeError, HydraException) as err:
         raise ConfigError(f"cannot build the experiment: {err}") from err
     if not isinstance(strategy, FlExtFedAvg):
         raise ConfigError(

@@ -82,8 +82,11 @@ class CompareAtEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         experiment = sweep_experiment(config)
         out = Path(config.hydra.sweep.dir) / "accuracy.png"
-        table, plot = compare(experiment, uri=config.tracking.get("uri"), out=out)
+        rows, table, plot = compare(experiment, uri=config.tracking.get("uri"), out=out)
         print(f"\nMLflow experiment '{experiment}':\n{table}\n\naccuracy plot: {plot}", flush=True)
+        failed = [r.name for r in rows if r.status != "FINISHED"]
+        if failed:
+            raise SystemExit(f"{len(failed)} of {len(rows)} runs did not finish: {failed}")
 
 
 if __name__ == "__main__":

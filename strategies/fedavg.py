@@ -238,7 +238,7 @@ class FlExtFedAvg(FedAvg):
                 )
                 continue
             accepted.append(parsed)
-        if len(accepted) < self.min_evaluate_nodes:
+        if not accepted or len(accepted) < self.min_evaluate_nodes:
             return None
         weights = capped_example_weights(
             np.array([r.num_examples for r in accepted], dtype=np.float64), self.weight_cap_factor

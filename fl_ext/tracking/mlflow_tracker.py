@@ -109,26 +109,39 @@ class MlflowTracker(Tracker):
         registered_name: str | None,
         tags: Mapping[str, str],
     ) -> str | None:
-        import mlflow
-        import mlflow.pytorch
+        """Save with the pytorch flavour, upload as the run's ``model`` artifact, register.
 
-        name = (registered_name or self.registered_model_name) if self.register_model else None
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self._require_run()):
-            info = mlflow.pytorch.log_model(
+        Done through the client only: MLflow's fluent ``log_model`` would set the global
+        tracking URI and the ``MLFLOW_TRACKING_URI`` variable of this process as a side effect,
+        and the next run in the same process would then be recorded in the wrong place.
+        """
+        import mlflow.pytorch
+        from mlflow.exceptions import MlflowException
+
+        run_id = self._require_run()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
                 model,
-                name="model",
+                str(path),
                 input_example=input_example,
-                registered_model_name=name,
                 pip_requirements=_pip_requirements(),
             )
-        version = getattr(info, "registered_model_version", None)
-        if name and version is not None:
-            for key, value in tags.items():
-                self.client.set_model_version_tag(name, str(version), key, str(value))
-            self.client.set_registered_model_tag(name, "fl_ext.latest_run", self._require_run())
-            log.info("Registered model '%s' version %s", name, version)
-        return None if version is None else str(version)
+            self.client.log_artifacts(run_id, str(path), "model")
+        name = (registered_name or self.registered_model_name) if self.register_model else None
+        if not name:
+            return None
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        version = self.client.create_model_version(
+            name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+        )
+        log.info("Registered model '%s' version %s", name, version.version)
+        return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

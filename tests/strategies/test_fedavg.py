@@ -184,6 +184,15 @@ def test_bad_evaluate_reply_is_rejected():
     assert metrics["loss"] == pytest.approx((10 * 0.1 + 30 * 0.3) / 40)
 
 
+def test_federated_evaluation_off():
+    grid = InProcessGrid(make_app({}), 3)
+    strategy = FlExtFedAvg(fraction_evaluate=0.0)
+    strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid)
+    msgs = strategy.configure_evaluate(1, named_array_record(GLOBAL), ConfigRecord(), grid)
+    assert list(msgs) == []
+    assert strategy.aggregate_evaluate(1, []) is None
+
+
 def test_selection_is_seeded():
     def picks(seed):
         grid = InProcessGrid(make_app({}), 20)

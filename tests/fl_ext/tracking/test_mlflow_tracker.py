@@ -51,8 +51,7 @@ def test_run_params_metrics_artifacts_model_and_registry(tmp_path):
     assert version == "1"
     mv = client.get_model_version("reg", "1")
     assert mv.tags == {"strategy": "fedavg", "rounds": "2"}
-    mlflow.set_tracking_uri(uri)
-    loaded = mlflow.pyfunc.load_model("models:/reg/1")
+    loaded = mlflow.pyfunc.load_model(client.get_model_version_download_uri("reg", "1"))
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
     expected = model(torch.from_numpy(x)).detach().numpy()
     assert np.allclose(loaded.predict(x), expected, atol=1e-6)

@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from simulations.config import ConfigError, compose_experiment, parse_overrides
+from simulations.experiment import build, check_partitions
+
+
+def test_default_experiment():
+    exp = compose_experiment([])
+    assert exp.choices == {
+        "strategy": "fedavg",
+        "dataset": "mnist5k",
+        "partition": "iid",
+        "model": "cnn",
+        "tracking": "mlflow",
+    }
+    conf = exp.resolved()
+    assert conf["strategy"]["seed"] == conf["seed"] == 0
+    assert conf["strategy"]["fraction_train"] == conf["fraction_train"]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+@pytest.mark.parametrize("dataset", ["mnist5k", "digits"])
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "shards"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_every_combination_builds(strategy, dataset, partition, model):
+    exp = compose_experiment(
+        [
+            f"strategy={strategy}",
+            f"dataset={dataset}",
+            f"partition={partition}",
+            f"model={model}",
+            "tracking=none",
+        ]
+    )
+    built = build(exp)
+    check_partitions(built, 10)
+    assert built.train_config["dataset-hash"] == built.split.content_hash
+    assert built.model(torch.from_numpy(built.split.test.x[:2])).shape == (2, 10)
+
+
+def test_overrides_string_as_in_the_run_config():
+    exp = compose_experiment(
+        'strategy=fedprox dataset=digits partition=dirichlet partition.alpha=0.3 num_rounds=5 "strategy.proximal_mu=0.1"'
+    )
+    conf = exp.resolved()
+    assert conf["partition"]["alpha"] == 0.3 and conf["num_rounds"] == 5
+    assert conf["strategy"]["proximal_mu"] == 0.1
+    assert parse_overrides("") == []
+    with pytest.raises(ConfigError, match="cannot parse"):
+        parse_overrides('a="unclosed')
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(ConfigError) as err:
+        compose_experiment(["strategy=fedsgd"])
+    assert "Available options in 'strategy'" in str(err.value)
+    assert "fedavg" in str(err.value) and "fedprox" in str(err.value)
+
+
+def test_unknown_key():
+    with pytest.raises(ConfigError, match="Could not override 'learning_rate'"):
+        compose_experiment(["learning_rate=0.1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("num_rounds=0", "num_rounds"),
+        ("num_rounds=2.5", "num_rounds"),
+        ("lr=0", "lr"),
+        ("lr=-0.1", "lr"),
+        ("fraction_train=0", "fraction_train"),
+        ("fraction_train=1.01", "fraction_train"),
+        ("fraction_evaluate=-0.5", "fraction_evaluate"),
+        ("local_epochs=0", "local_epochs"),
+        ("batch_size=0", "batch_size"),
+        ("momentum=1", "momentum"),
+        ("min_train_nodes=5", "min_available_nodes"),
+        ("local_test_fraction=1", "local_test_fraction"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_invalid_values_fail_before_training(override, match):
+    with pytest.raises(ConfigError, match=match):
+        compose_experiment([override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["partition=dirichlet", "partition.alpha=0"], "alpha"),
+        (["partition=dirichlet", "partition.alpha=-1"], "alpha"),
+        (["strategy.weight_cap_factor=0.5"], "weight_cap_factor"),
+        (["dataset.test_fraction=1.0"], "test_fraction"),
+        (["model.channels=[16,16,16,16,16]", "dataset=digits"], "too small"),
+    ],
+)
+def test_invalid_components_fail_at_build(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build(compose_experiment([*overrides, "tracking=none"]))
+
+
+def test_more_partitions_than_samples_fails_before_training():
+    built = build(compose_experiment(["dataset=digits", "tracking=none"]))
+    with pytest.raises(ConfigError, match="more than the 1438 training samples"):
+        check_partitions(built, 2000)
+    built = build(compose_experiment(["dataset=digits", "partition=shards", "tracking=none"]))
+    with pytest.raises(ConfigError, match="shards"):
+        check_partitions(built, 800)

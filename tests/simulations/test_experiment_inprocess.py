@@ -1,0 +1,117 @@
+"""The whole experiment (config -> build -> rounds -> MLflow) on the in-process grid."""
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fl_ext.tracking import resolve_tracking_uri
+from simulations.client_app import app as client_app
+from simulations.config import compose_experiment
+from simulations.experiment import build, run
+from simulations.inprocess import InProcessGrid
+
+OVERRIDES = ["dataset=digits", "model=mlp", "num_rounds=3", "fraction_evaluate=1.0"]
+
+
+def _only_run(client):
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs([exp.experiment_id])
+    return found
+
+
+def test_tracked_run_has_params_metrics_artifacts_and_registered_model():
+    built = build(compose_experiment(OVERRIDES))
+    result = run(InProcessGrid(client_app, 4), built, flwr_run_id=7)
+    acc = [built.history[r] for r in range(4)]
+    assert acc[3] > acc[0] + 0.5 and acc[3] > 0.8
+
+    client = MlflowClient(resolve_tracking_uri())
+    found = _only_run(client)
+    run_id = found.info.run_id
+    assert found.info.status == "FINISHED"
+    params = found.data.params
+    assert params["num_rounds"] == "3" and params["strategy._target_"] == "strategies.FlExtFedAvg"
+    assert params["partition._target_"] == "fl_ext.data.IidPartitioner"
+    assert found.data.tags["flwr.run_id"] == "7" and found.data.tags["choice.dataset"] == "digits"
+    history = client.get_metric_history(run_id, "test_accuracy")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    assert [m.value for m in history] == pytest.approx(acc)
+    metrics = found.data.metrics
+    for key in (
+        "test_loss",
+        "train_loss",
+        "fed_eval_accuracy",
+        "clients_selected",
+        "clients_replied",
+        "clients_rejected",
+        "bytes_down",
+        "bytes_up",
+        "bytes_up_cum",
+        "round_time_s",
+    ):
+        assert key in metrics, key
+    assert metrics["clients_selected"] == 4 and metrics["clients_rejected"] == 0
+    assert metrics["bytes_up_cum"] > 3 * 4 * sum(
+        a.nbytes for a in result.arrays.to_numpy_ndarrays()
+    )
+
+    artifacts = {f.path for f in client.list_artifacts(run_id)}
+    assert {"config.yaml", "accuracy.png"} <= artifacts
+    config = yaml.safe_load(open(client.download_artifacts(run_id, "config.yaml")))
+    assert config["num_rounds"] == 3 and config["dataset"]["_target_"] == "fl_ext.data.Digits"
+
+    (version,) = client.search_model_versions("name = 'fl-ext-digits-mlp'")
+    tags = version.tags
+    assert tags["strategy"] == "fedavg" and tags["rounds"] == "3" and tags["num_clients"] == "4"
+    assert tags["dataset"] == "digits" and tags["dataset_hash"] == built.split.content_hash
+    assert tags["partition"] == "iid" and float(tags["final_test_accuracy"]) == pytest.approx(
+        acc[3], abs=1e-4
+    )
+    uri = client.get_model_version_download_uri("fl-ext-digits-mlp", version.version)
+    model = mlflow.pyfunc.load_model(uri)
+    logits = model.predict(built.split.test.x)
+    assert np.mean(np.argmax(logits, axis=1) == built.split.test.y) == pytest.approx(acc[3])
+
+
+class LinkLostGrid(InProcessGrid):
+    """Loses the connection on the third exchange (round 2's training)."""
+
+    calls = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        self.calls += 1
+        if self.calls == 3:
+            raise ConnectionError("SuperLink unreachable")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_crash_ends_the_mlflow_run_failed_with_what_was_logged():
+    built = build(compose_experiment(OVERRIDES))
+    with pytest.raises(ConnectionError):
+        run(LinkLostGrid(client_app, 4), built)
+    client = MlflowClient(resolve_tracking_uri())
+    found = _only_run(client)
+    assert found.info.status == "FAILED"
+    assert "SuperLink unreachable" in found.data.tags["error"]
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "test_accuracy")]
+    assert steps == [0, 1]
+
+
+def test_tracking_none_records_nothing(private_homes):
+    built = build(compose_experiment([*OVERRIDES, "num_rounds=1", "tracking=none"]))
+    run(InProcessGrid(client_app, 3), built)
+    assert not (private_homes / "fl-ext-home" / "mlflow.db").exists()
+
+
+def test_tracking_uri_from_config(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    built = build(
+        compose_experiment(
+            [*OVERRIDES, "num_rounds=1", f"tracking.uri={uri}", "tracking.experiment=x"]
+        )
+    )
+    run(InProcessGrid(client_app, 3), built)
+    exp = MlflowClient(uri).get_experiment_by_name("x")
+    assert exp is not None and len(MlflowClient(uri).search_runs([exp.experiment_id])) == 1

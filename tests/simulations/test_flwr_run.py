@@ -1,0 +1,96 @@
+"""End-to-end: the real ``flwr run`` simulation (SuperLink, Ray, ServerApp, ClientApps)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from simulations.client_app import app as client_app
+from simulations.config import compose_experiment
+from simulations.experiment import build, run
+from simulations.flwr_cli import run_app
+from simulations.inprocess import InProcessGrid
+from simulations.local_superlink import LocalSuperLink
+
+pytestmark = pytest.mark.slow
+OVERRIDES = ["dataset=digits", "model=mlp", "num_rounds=3"]
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e")
+    with LocalSuperLink(home / "flwr", extra_env={"FL_EXT_HOME": str(home / "fl-ext")}) as started:
+        started.fl_ext_home = home / "fl-ext"
+        yield started
+    assert started.process.poll() is not None  # our SuperLink is gone
+
+
+def test_flwr_run_trains_tracks_registers_and_matches_the_inprocess_driver(link, monkeypatch):
+    outcome = run_app(link, OVERRIDES, num_supernodes=4)
+    assert outcome.ok, outcome.output[-3000:]
+    assert "[ROUND 3/3]" in outcome.output and "test acc" in outcome.output
+
+    uri = f"sqlite:///{link.fl_ext_home / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`flwr.run_id` = '{outcome.run_id}'"
+    )
+    assert found.info.status == "FINISHED"
+    curve = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "test_accuracy")}
+    assert sorted(curve) == [0, 1, 2, 3]
+    assert curve[3] > curve[1] > curve[0] and curve[3] > 0.8
+    assert found.data.metrics["bytes_up_cum"] > 0 and found.data.metrics["clients_replied"] == 4
+    (version,) = client.search_model_versions("name = 'fl-ext-digits-mlp'")
+    assert version.tags["num_clients"] == "4" and version.tags["strategy"] == "fedavg"
+
+    # the in-process driver, same config and seed, gives the same accuracy curve
+    monkeypatch.setenv("FL_EXT_HOME", str(link.fl_ext_home.parent / "inprocess"))
+    built = build(compose_experiment([*OVERRIDES, "tracking=none"]))
+    run(InProcessGrid(client_app, 4), built)
+    one_example = 1.0 / len(built.split.test)
+    for rnd, acc in curve.items():
+        assert abs(built.history[rnd] - acc) <= one_example + 1e-9, (rnd, built.history, curve)
+
+
+def test_flwr_run_with_a_bad_config_fails_with_the_reason(link):
+    outcome = run_app(link, ["dataset=digits", "lr=-1"], num_supernodes=2)
+    assert outcome.status == "finished:failed"
+    assert "lr=-1 is invalid: must be > 0" in outcome.output
+
+
+def test_sweep_runs_every_combination_and_compares(tmp_path):
+    env = {**os.environ, "FL_EXT_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations.sweep",
+            "-m",
+            "dataset=digits",
+            "model=mlp",
+            "num_rounds=1",
+            "fraction_evaluate=0",
+            "strategy=fedavg,fedprox",
+            "sweep.num_supernodes=2",
+            "sweep.experiment=sweep-test",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "| fedavg-digits-iid-mlp-seed0 | FINISHED | fedavg |" in out
+    assert "| fedprox-digits-iid-mlp-seed0 | FINISHED | fedprox |" in out
+    assert (tmp_path / "multirun" / "accuracy.png").stat().st_size > 1000
+    client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep-test")
+    assert len(client.search_runs([exp.experiment_id])) == 2
