@@ -1,0 +1,121 @@
+"""Per-round cost of our strategy vs Flower's built-in FedAvg, in one simulation run.
+
+    python -m bench.round_overhead [--rounds 5] [--repeats 3] [--nodes 10] [--dataset mnist5k]
+
+One Flower simulation (Ray, real SuperNodes) runs a ServerApp that starts, interleaved and
+repeated, (a) ``flwr.serverapp.strategy.FedAvg``, (b) ``FlExtFedAvg`` without tracking and
+(c) ``FlExtFedAvg`` with MLflow tracking, each for the same rounds from the same initial
+model, with the same ClientApp, data, federated and centralized evaluation. The same three are
+then timed on the in-process grid (no Ray, no SuperLink), where the strategy's own cost is a
+larger share of the round. Prints a markdown table: median seconds per round and the ratio
+to Flower's FedAvg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fl_ext.tracking import MlflowTracker
+from simulations.client_app import app as client_app
+from simulations.config import compose_experiment
+from simulations.experiment import Built, build, central_evaluate
+from simulations.inprocess import InProcessGrid
+from strategies import FlExtFedAvg
+from strategies.nodes import wait_for_nodes
+from strategies.records import named_array_record
+
+ARMS = ("flower FedAvg", "fl-ext, tracking off", "fl-ext, MLflow tracking")
+
+
+def _strategy(arm: str, built: Built) -> tuple[FedAvg, dict]:
+    conf = built.experiment.cfg
+    common = {"fraction_train": conf.fraction_train, "fraction_evaluate": conf.fraction_evaluate}
+    if arm == ARMS[0]:
+        return FedAvg(**common), {}
+    strategy = FlExtFedAvg(**common, max_examples_per_client=len(built.split.train), seed=conf.seed)
+    if arm == ARMS[1]:
+        return strategy, {}
+    tracker = MlflowTracker(uri=f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}", experiment="bench")
+    tracker.start(run_name="bench", params={}, tags={})
+    return strategy, {"on_round_end": tracker.log_metrics}
+
+
+def time_arms(grid: Grid, built: Built, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per round for each arm, ``repeats`` times, interleaved."""
+    initial = named_array_record({k: v.numpy().copy() for k, v in built.model.state_dict().items()})
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    evaluate_fn: Callable = lambda rnd, arrays: central_evaluate(built, rnd, arrays)  # noqa: E731
+    for _ in range(repeats):
+        for arm in ARMS:
+            strategy, extra = _strategy(arm, built)
+            started = time.perf_counter()
+            strategy.start(
+                grid,
+                initial,
+                num_rounds=rounds,
+                train_config=ConfigRecord(dict(built.train_config)),
+                evaluate_config=ConfigRecord(dict(built.evaluate_config)),
+                evaluate_fn=evaluate_fn,
+                **extra,
+            )
+            times[arm].append((time.perf_counter() - started) / rounds)
+    return times
+
+
+def table(title: str, times: dict[str, list[float]]) -> str:
+    base = statistics.median(times[ARMS[0]])
+    lines = [f"**{title}**", "", "| strategy | s/round (median) | runs | ratio to Flower FedAvg |", "|---|---|---|---|"]
+    for arm in ARMS:
+        med = statistics.median(times[arm])
+        lines.append(f"| {arm} | {med:.3f} | {len(times[arm])} | {med / base:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument("--model", default="cnn")
+    args = parser.parse_args()
+    overrides = [f"dataset={args.dataset}", f"model={args.model}", "tracking=none"]
+    built = build(compose_experiment(overrides))
+    results: dict[str, dict[str, list[float]]] = {}
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        wait_for_nodes(grid, args.nodes, timeout=120)
+        results["sim"] = time_arms(grid, built, args.rounds, args.repeats)
+
+    from flwr.simulation import run_simulation  # noqa: PLC0415
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=args.nodes,
+        backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0}},
+    )
+    results["inprocess"] = time_arms(InProcessGrid(client_app, args.nodes), built, args.rounds, args.repeats)
+    setup = f"{args.dataset}, {args.model}, {args.nodes} nodes, {args.rounds} rounds x {args.repeats} repeats"
+    print()
+    print(table(f"Flower simulation (Ray), {setup}", results["sim"]))
+    print()
+    print(table(f"In-process grid (no Ray), {setup}", results["inprocess"]))
+
+
+if __name__ == "__main__":
+    main()
