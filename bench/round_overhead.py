@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -45,7 +45,9 @@ def _strategy(arm: str, built: Built) -> tuple[FedAvg, dict]:
     strategy = FlExtFedAvg(**common, max_examples_per_client=len(built.split.train), seed=conf.seed)
     if arm == ARMS[1]:
         return strategy, {}
-    tracker = MlflowTracker(uri=f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}", experiment="bench")
+    tracker = MlflowTracker(
+        uri=f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}", experiment="bench"
+    )
     tracker.start(run_name="bench", params={}, tags={})
     return strategy, {"on_round_end": tracker.log_metrics}
 
@@ -55,8 +57,8 @@ def time_arms(grid: Grid, built: Built, rounds: int, repeats: int) -> dict[str, 
     initial = named_array_record({k: v.numpy().copy() for k, v in built.model.state_dict().items()})
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
     evaluate_fn: Callable = lambda rnd, arrays: central_evaluate(built, rnd, arrays)  # noqa: E731
-    for _ in range(repeats):
-        for arm in ARMS:
+    for rep in range(repeats):
+        for arm in ARMS[rep % 3 :] + ARMS[: rep % 3]:  # rotate: no arm always runs first
             strategy, extra = _strategy(arm, built)
             started = time.perf_counter()
             strategy.start(
@@ -72,19 +74,62 @@ def time_arms(grid: Grid, built: Built, rounds: int, repeats: int) -> dict[str, 
     return times
 
 
-def table(title: str, times: dict[str, list[float]]) -> str:
+def server_side_ms(built: Built, nodes: int, repeats: int = 20) -> dict[str, list[float]]:
+    """Milliseconds per round spent in the strategy itself (configure + aggregate + tracking).
+
+    The replies of one real round are recorded once on the in-process grid and replayed, so
+    client training and transport are excluded and only the server-side work is timed.
+    """
+    grid = InProcessGrid(client_app, nodes)
+    initial = named_array_record({k: v.numpy().copy() for k, v in built.model.state_dict().items()})
+    train_config = ConfigRecord(dict(built.train_config))
+    evaluate_config = ConfigRecord(dict(built.evaluate_config))
+    recorder = FlExtFedAvg(fraction_evaluate=built.experiment.cfg.fraction_evaluate)
+    train_replies = list(
+        grid.send_and_receive(recorder.configure_train(1, initial, train_config, grid))
+    )
+    eval_replies = list(
+        grid.send_and_receive(recorder.configure_evaluate(1, initial, evaluate_config, grid))
+    )
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for _ in range(repeats):
+        for arm in ARMS:
+            strategy, extra = _strategy(arm, built)
+            notify = extra.get("on_round_end", lambda _r, _m: None)
+            started = time.perf_counter()
+            list(strategy.configure_train(1, initial, ConfigRecord(dict(train_config)), grid))
+            strategy.aggregate_train(1, train_replies)
+            list(strategy.configure_evaluate(1, initial, ConfigRecord(dict(evaluate_config)), grid))
+            strategy.aggregate_evaluate(1, eval_replies)
+            if isinstance(strategy, FlExtFedAvg):
+                notify(1, strategy.round_log.metrics())
+            times[arm].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def table(title: str, times: dict[str, list[float]], unit: str = "s/round") -> str:
     base = statistics.median(times[ARMS[0]])
-    lines = [f"**{title}**", "", "| strategy | s/round (median) | runs | ratio to Flower FedAvg |", "|---|---|---|---|"]
+    lines = [
+        f"**{title}**",
+        "",
+        f"| strategy | {unit} median | min | max | runs | median ratio to Flower FedAvg |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm in ARMS:
-        med = statistics.median(times[arm])
-        lines.append(f"| {arm} | {med:.3f} | {len(times[arm])} | {med / base:.3f} |")
+        runs = times[arm]
+        med = statistics.median(runs)
+        lines.append(
+            f"| {arm} | {med:.3f} | {min(runs):.3f} | {max(runs):.3f} | {len(runs)} | {med / base:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--model", default="cnn")
@@ -100,7 +145,7 @@ def main() -> None:
         wait_for_nodes(grid, args.nodes, timeout=120)
         results["sim"] = time_arms(grid, built, args.rounds, args.repeats)
 
-    from flwr.simulation import run_simulation  # noqa: PLC0415
+    from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
@@ -109,12 +154,25 @@ def main() -> None:
         num_supernodes=args.nodes,
         backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0}},
     )
-    results["inprocess"] = time_arms(InProcessGrid(client_app, args.nodes), built, args.rounds, args.repeats)
+    results["inprocess"] = time_arms(
+        InProcessGrid(client_app, args.nodes), built, args.rounds, args.repeats
+    )
     setup = f"{args.dataset}, {args.model}, {args.nodes} nodes, {args.rounds} rounds x {args.repeats} repeats"
     print()
     print(table(f"Flower simulation (Ray), {setup}", results["sim"]))
     print()
     print(table(f"In-process grid (no Ray), {setup}", results["inprocess"]))
+    print()
+    server = server_side_ms(built, args.nodes)
+    print(
+        table(f"Server-side work only (replayed replies), {args.nodes} nodes", server, "ms/round")
+    )
+    round_s = statistics.median(results["sim"][ARMS[0]])
+    for arm in ARMS[1:]:
+        extra_ms = statistics.median(server[arm]) - statistics.median(server[ARMS[0]])
+        print(
+            f"- {arm}: {extra_ms:+.1f} ms/round vs Flower = {extra_ms / 10 / round_s:+.2f} % of a simulated round"
+        )
 
 
 if __name__ == "__main__":

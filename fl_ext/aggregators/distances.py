@@ -1,0 +1,59 @@
+"""Exact pairwise squared distances between updates, at matrix-multiply speed.
+
+``||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b`` in float32 cancels catastrophically when updates
+are close to each other relative to their norm (Flower's Krum then picks wrong clients). Here
+the Gram matrix is computed in float64 on updates *centred on one of them*, block by block:
+after centring, norms are of the order of the distances themselves, so the float64 error is
+~1e-16 relative to the distances. If the first centre turns out to be far from the bulk (a
+Byzantine first row), the computation is repeated around the most central update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 1 << 15  # columns per block: n x BLOCK float64 stays cache-sized
+_RECENTER_RATIO = 1e6  # recompute when a pair's centred norms exceed its distance by this
+
+
+def _centered_gram(x: torch.Tensor, center: torch.Tensor, block: int) -> torch.Tensor:
+    n, d = x.shape
+    gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
+    buf = torch.empty((n, min(block, d)), dtype=torch.float64, device=x.device)
+    for start in range(0, d, block):
+        stop = min(start + block, d)
+        chunk = buf[:, : stop - start]
+        chunk.copy_(x[:, start:stop])
+        chunk.sub_(center[start:stop].to(torch.float64))
+        gram.addmm_(chunk, chunk.T)
+    return gram
+
+
+def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    sq = gram.diagonal().clone()
+    dist = sq.unsqueeze(0) + sq.unsqueeze(1) - 2.0 * gram
+    dist.clamp_(min=0.0)
+    dist.fill_diagonal_(0.0)
+    return dist
+
+
+def _worst_ratio(gram: torch.Tensor, dist: torch.Tensor) -> float:
+    """Largest (||a'||^2 + ||b'||^2) / ||a - b||^2 over pairs: the cancellation factor."""
+    norms = gram.diagonal()
+    scale = norms.unsqueeze(0) + norms.unsqueeze(1)
+    mask = dist > 0
+    return float((scale[mask] / dist[mask]).max()) if bool(mask.any()) else 0.0
+
+
+def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tensor:
+    """``D[i, j] = ||x_i - x_j||^2`` as float64 ``[n, n]``; ``x`` is not modified."""
+    n = x.shape[0]
+    if n == 1:
+        return torch.zeros((1, 1), dtype=torch.float64, device=x.device)
+    gram = _centered_gram(x, x[0], block)
+    dist = _distances_from_gram(gram)
+    if _worst_ratio(gram, dist) > _RECENTER_RATIO:
+        central = int(dist.sum(dim=1).argmin())
+        if central != 0:
+            dist = _distances_from_gram(_centered_gram(x, x[central], block))
+    return dist
