@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fl_ext.aggregators.state import AggregatorState
+
 
 class NotEnoughInputs(ValueError):
     """A rule got fewer updates than it needs for its ``f`` (a config or round problem)."""
@@ -28,7 +30,11 @@ def check_updates(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
         n = updates.shape[0]
         if weights.shape != (n,):
             raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
-        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or float(weights.sum()) <= 0:
+        if (
+            not bool(torch.isfinite(weights).all())
+            or bool((weights < 0).any())
+            or float(weights.sum()) <= 0
+        ):
             raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
 
 
@@ -59,11 +65,25 @@ class Aggregator:
                 f"(at least {self.min_inputs()} updates), got {n}"
             )
 
-    def __call__(self, updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        updates: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        state: AggregatorState | None = None,
+    ) -> torch.Tensor:
         check_updates(updates, weights)
         self.check_n(updates.shape[0])
-        return self.aggregate(updates, weights if self.uses_weights else None)
+        used = weights if self.uses_weights else None
+        return self.aggregate_with_state(
+            updates, used, state if state is not None else AggregatorState()
+        )
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """The rule itself, on checked inputs."""
         raise NotImplementedError
+
+    def aggregate_with_state(
+        self, updates: torch.Tensor, weights: torch.Tensor | None, state: AggregatorState
+    ) -> torch.Tensor:
+        """Stateful rules override this; the others ignore ``state``."""
+        return self.aggregate(updates, weights)

@@ -37,12 +37,17 @@ def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     return dist
 
 
-def _worst_ratio(gram: torch.Tensor, dist: torch.Tensor) -> float:
-    """Largest (||a'||^2 + ||b'||^2) / ||a - b||^2 over pairs: the cancellation factor."""
+def _has_cancellation(gram: torch.Tensor, dist: torch.Tensor) -> bool:
+    """True if some pair's distance is tiny next to its centred norms (or came out 0).
+
+    Such a distance carries an absolute error ~1e-16 (||a'||^2 + ||b'||^2) that may exceed
+    the distance itself; centring on an update inside the bulk removes it.
+    """
     norms = gram.diagonal()
     scale = norms.unsqueeze(0) + norms.unsqueeze(1)
-    mask = dist > 0
-    return float((scale[mask] / dist[mask]).max()) if bool(mask.any()) else 0.0
+    suspicious = dist * _RECENTER_RATIO < scale
+    suspicious.fill_diagonal_(False)
+    return bool(suspicious.any())
 
 
 def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tensor:
@@ -52,7 +57,7 @@ def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tenso
         return torch.zeros((1, 1), dtype=torch.float64, device=x.device)
     gram = _centered_gram(x, x[0], block)
     dist = _distances_from_gram(gram)
-    if _worst_ratio(gram, dist) > _RECENTER_RATIO:
+    if _has_cancellation(gram, dist):
         central = int(dist.sum(dim=1).argmin())
         if central != 0:
             dist = _distances_from_gram(_centered_gram(x, x[central], block))

@@ -1,0 +1,34 @@
+"""Coordinate-wise median (Yin et al., 2018)."""
+
+from __future__ import annotations
+
+import torch
+
+from fl_ext.aggregators.base import Aggregator, check_f
+from fl_ext.aggregators.columnwise import columnwise
+
+
+def _median_block(block: torch.Tensor) -> torch.Tensor:
+    n = block.shape[0]
+    ordered = torch.sort(block, dim=0).values
+    low, high = ordered[(n - 1) // 2], ordered[n // 2]
+    return (low.double() * 0.5 + high.double() * 0.5).to(block.dtype)  # no overflow at 3e38
+
+
+class CoordinateMedian(Aggregator):
+    """Per coordinate, the median of the n values (mean of the two middle ones when n is even).
+
+    Robust while fewer than half the updates are Byzantine: ``n >= 2f + 1``.
+    """
+
+    def __init__(self, *, f: int = 0) -> None:
+        self.f = check_f(f)
+
+    def min_inputs(self) -> int:
+        return 2 * self.f + 1
+
+    def requirement(self) -> str:
+        return "n >= 2f + 1"
+
+    def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        return columnwise(updates, _median_block)

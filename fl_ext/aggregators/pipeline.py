@@ -1,0 +1,70 @@
+"""A chain of pre-aggregators followed by a rule: what the strategy calls each round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fl_ext.aggregators.base import Aggregator, NotEnoughInputs, check_updates
+from fl_ext.aggregators.state import AggregatorState
+from fl_ext.preagg.base import PreAggregator
+
+_SEARCH_LIMIT = 100_000
+
+
+class RobustAggregation:
+    """``rule(preagg_k(...preagg_1(updates)))``.
+
+    Client weights reach the rule only when no pre-aggregator changed the rows (after mixing
+    or bucketing a row no longer belongs to one client).
+    """
+
+    def __init__(self, *, rule: Aggregator, preagg: Sequence[PreAggregator] = ()) -> None:
+        if not isinstance(rule, Aggregator):
+            raise ValueError(f"rule must be an Aggregator, got {type(rule).__name__}")
+        for p in preagg:
+            if not isinstance(p, PreAggregator):
+                raise ValueError(f"pre-aggregators must be PreAggregator, got {type(p).__name__}")
+        self.rule = rule
+        self.preagg = tuple(preagg)
+
+    def rows_after_preagg(self, n: int) -> int:
+        """How many vectors reach the rule from ``n`` updates."""
+        for p in self.preagg:
+            n = p.output_count(n)
+        return n
+
+    def min_inputs(self) -> int:
+        """Smallest number of valid updates a round needs."""
+        need = self.rule.min_inputs()
+        for n in range(1, _SEARCH_LIMIT):
+            if self.rows_after_preagg(n) >= need:
+                return n
+        raise ValueError(f"no number of updates satisfies {self.describe()}")
+
+    def describe(self) -> str:
+        """E.g. ``NNM -> Krum(f=3)``."""
+        names = [type(p).__name__ for p in self.preagg]
+        return " -> ".join([*names, f"{type(self.rule).__name__}(f={self.rule.f})"])
+
+    def check_n(self, n: int) -> None:
+        """Raise :class:`NotEnoughInputs` (naming the rule's requirement) if ``n`` is too few."""
+        if n < self.min_inputs():
+            raise NotEnoughInputs(
+                f"{self.describe()} needs at least {self.min_inputs()} updates "
+                f"({type(self.rule).__name__}: {self.rule.requirement()}), got {n}"
+            )
+
+    def __call__(
+        self,
+        updates: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        state: AggregatorState | None = None,
+    ) -> torch.Tensor:
+        check_updates(updates, weights)
+        self.check_n(updates.shape[0])
+        x = updates
+        for p in self.preagg:
+            x = p(x, state)
+        return self.rule(x, weights if not self.preagg else None, state)
