@@ -6,6 +6,7 @@ The run config carries one string, ``overrides``, with Hydra overrides separated
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("strategy", "dataset", "partition", "model", "tracking")
+GROUPS = ("strategy", "aggregator", "dataset", "partition", "model", "tracking")
 
 
 class ConfigError(ValueError):
@@ -54,15 +55,28 @@ def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DI
                 config_name="config", overrides=list(overrides), return_hydra_config=True
             )
         choices = {g: str(full.hydra.runtime.choices[g]) for g in GROUPS}
+        preagg = list((full.get("preagg") or {}).keys())  # list groups are not in choices
+        choices["preagg"] = "+".join(preagg) if preagg else "none"
         with_hydra = OmegaConf.to_container(full, resolve=False)
         assert isinstance(with_hydra, dict)
         with_hydra.pop("hydra")
         cfg = OmegaConf.create(with_hydra)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"invalid overrides {list(overrides)}: {err}") from err
+        raise ConfigError(
+            f"invalid overrides {list(overrides)}: {err}{_options_hint(str(err), conf_dir)}"
+        ) from err
     check_config(cfg)
     return Experiment(cfg=cfg, choices=choices)
+
+
+def _options_hint(message: str, conf_dir: Path) -> str:
+    """Hydra lists the options of a group it could not find, but not for list groups."""
+    match = re.search(r"Could not load '([\w-]+)/([\w-]+)'", message)
+    if not match:
+        return ""
+    options = sorted(p.stem for p in (conf_dir / match.group(1)).glob("*.yaml"))
+    return f"\nAvailable options in '{match.group(1)}': {', '.join(options)}"
 
 
 def _require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:
@@ -116,5 +130,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("round_timeout", "node_wait_timeout"):
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
-    for group in ("strategy", "dataset", "partition", "model", "tracking"):
+    for group in GROUPS:
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
+    for name, spec in (c.get("preagg") or {}).items():
+        _require(
+            c, f"preagg.{name}._target_", isinstance(spec.get("_target_"), str), "a class path"
+        )

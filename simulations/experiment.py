@@ -22,11 +22,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import fl_ext
+from fl_ext.aggregators import Aggregator, RobustAggregation
 from fl_ext.data import Partitioner
 from fl_ext.data.datasets import TrainTestSplit
 from fl_ext.data.federated import load_split
 from fl_ext.models import ClassifierNet
 from fl_ext.params import get_weights, set_weights
+from fl_ext.preagg import PreAggregator
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
@@ -72,7 +74,13 @@ def build(experiment: Experiment) -> Built:
         strategy_cfg = OmegaConf.create(conf["strategy"])
         if strategy_cfg.get("max_examples_per_client") is None:
             strategy_cfg.max_examples_per_client = len(split.train)
-        strategy = instantiate(strategy_cfg)
+        aggregation = RobustAggregation(
+            rule=build_from_spec(conf["aggregator"], Aggregator),
+            preagg=[
+                build_from_spec(spec, PreAggregator) for spec in (conf.get("preagg") or {}).values()
+            ],
+        )
+        strategy = instantiate(strategy_cfg, aggregation=aggregation)
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
         raise ConfigError(f"cannot build the experiment: {err}") from err
@@ -120,10 +128,23 @@ def check_partitions(built: Built, num_partitions: int) -> None:
     log.info("Partition sizes for %d nodes: %s", num_partitions, sizes)
 
 
+def check_aggregation(built: Built, num_nodes: int) -> None:
+    """The rule must be able to aggregate the updates a round asks for (e.g. Krum's n > 2f + 2)."""
+    try:
+        built.strategy.check_federation(num_nodes)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def run_name(experiment: Experiment) -> str:
     """Readable MLflow run name from the group choices and the seed."""
     c = experiment.choices
-    return f"{c['strategy']}-{c['dataset']}-{c['partition']}-{c['model']}-seed{experiment.cfg.seed}"
+    rule = "" if c["aggregator"] == "mean" else f"-{c['aggregator']}"
+    pre = "" if c["preagg"] == "none" else f"-{c['preagg']}"
+    return (
+        f"{c['strategy']}{rule}{pre}-{c['dataset']}-{c['partition']}-{c['model']}"
+        f"-seed{experiment.cfg.seed}"
+    )
 
 
 def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
@@ -141,6 +162,7 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
         tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
         nodes = wait_for_nodes(grid, cfg.min_available_nodes, timeout=cfg.node_wait_timeout)
         check_partitions(built, len(nodes))
+        check_aggregation(built, len(nodes))
         tracker.set_tags({"num_clients": str(len(nodes))})
         result = built.strategy.start(
             grid=grid,
@@ -186,6 +208,8 @@ def finish(built: Built, result: Result, *, num_clients: int) -> None:
     partition.pop("_target_", None)
     fl_tags = {
         "strategy": exp.choices["strategy"],
+        "aggregator": exp.choices["aggregator"],
+        "preagg": exp.choices["preagg"],
         "rounds": str(cfg.num_rounds),
         "num_clients": str(num_clients),
         "dataset": exp.choices["dataset"],

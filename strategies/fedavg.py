@@ -23,7 +23,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fl_ext.aggregators import WeightedMean, capped_example_weights
+from fl_ext.aggregators import (
+    Aggregator,
+    AggregatorState,
+    RobustAggregation,
+    WeightedMean,
+    capped_example_weights,
+)
 from fl_ext.params import ParamSpec
 from fl_ext.selection import UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
@@ -50,6 +56,8 @@ class FlExtFedAvg(FedAvg):
     weight_cap_factor : weights are capped at this multiple of the lower-median count.
     max_update_norm : an update (reply minus global model) with a larger L2 norm is rejected.
     seed : seeds node selection.
+    aggregation : the rule (and pre-aggregation chain) applied to the updates; FedAvg's
+        weighted mean by default. A round needs ``aggregation.min_inputs()`` valid updates.
     node_wait_timeout : seconds to wait for ``min_available_nodes`` before failing.
     """
 
@@ -66,7 +74,7 @@ class FlExtFedAvg(FedAvg):
         max_update_norm: float | None = None,
         seed: int = 0,
         node_wait_timeout: float = 120.0,
-        aggregator: WeightedMean | None = None,
+        aggregation: RobustAggregation | Aggregator | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -103,7 +111,16 @@ class FlExtFedAvg(FedAvg):
         self.weight_cap_factor = weight_cap_factor
         self.max_update_norm = max_update_norm
         self.node_wait_timeout = float(node_wait_timeout)
-        self.aggregator = aggregator or WeightedMean()
+        if aggregation is None:
+            aggregation = WeightedMean()
+        if isinstance(aggregation, Aggregator):
+            aggregation = RobustAggregation(rule=aggregation)
+        if not isinstance(aggregation, RobustAggregation):
+            raise ValueError(
+                f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
+            )
+        self.aggregation = aggregation
+        self.aggregator_state = AggregatorState()  # explicit state of stateful rules
         self.train_selector = UniformSelector(
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
@@ -126,8 +143,24 @@ class FlExtFedAvg(FedAvg):
         log(INFO, "\t├──> %s", type(self).__name__)
         log(INFO, "\t│\t├── max examples per client: %s", self.max_examples_per_client)
         log(INFO, "\t│\t├── weight cap factor: %s", self.weight_cap_factor)
-        log(INFO, "\t│\t└── max update norm: %s", self.max_update_norm)
+        log(INFO, "\t│\t├── max update norm: %s", self.max_update_norm)
+        log(INFO, "\t│\t└── aggregation: %s", self.aggregation.describe())
         super().summary()
+
+    def min_valid_replies(self) -> int:
+        """Valid replies a round needs: ``min_train_nodes`` and the rule's own minimum."""
+        return max(self.min_train_nodes, self.aggregation.min_inputs())
+
+    def check_federation(self, num_nodes: int) -> None:
+        """Raise ValueError if a round on ``num_nodes`` connected nodes can never aggregate."""
+        asked = self.train_selector.sample_size(num_nodes)
+        if asked < self.aggregation.min_inputs():
+            raise ValueError(
+                f"{self.aggregation.describe()} needs at least {self.aggregation.min_inputs()} "
+                f"updates per round ({type(self.aggregation.rule).__name__}: "
+                f"{self.aggregation.rule.requirement()}), but fraction_train="
+                f"{self.fraction_train} of {num_nodes} nodes selects {asked}"
+            )
 
     # ------------------------------------------------------------------ train
     def configure_train(
@@ -183,9 +216,10 @@ class FlExtFedAvg(FedAvg):
             accepted.append(parsed)
 
         metrics = MetricRecord({"clients_valid": len(accepted)})
-        if rlog.skipped is None and len(accepted) < self.min_train_nodes:
+        if rlog.skipped is None and len(accepted) < self.min_valid_replies():
             rlog.skipped = (
-                f"{len(accepted)} valid replies, min_train_nodes is {self.min_train_nodes}"
+                f"{len(accepted)} valid replies; min_train_nodes is {self.min_train_nodes} and "
+                f"{self.aggregation.describe()} needs {self.aggregation.min_inputs()}"
             )
             log(WARNING, "Round %d skipped, global model unchanged: %s", server_round, rlog.skipped)
         if rlog.skipped is not None:
@@ -193,7 +227,8 @@ class FlExtFedAvg(FedAvg):
 
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
-        delta = self.aggregator(updates[: len(accepted)], weights)
+        self.aggregator_state.round = server_round
+        delta = self.aggregation(updates[: len(accepted)], weights, self.aggregator_state)
         new_arrays = spec.unflatten(global_flat + delta)
         losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]
         if losses:

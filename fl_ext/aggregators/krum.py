@@ -50,7 +50,8 @@ class MultiKrum(Aggregator):
         return max(2 * self.f + 3, self.m or 1)
 
     def requirement(self) -> str:
-        return "n > 2f + 2" + (f" and n >= m = {self.m}" if self.m else "")
+        m_bound = self.m is not None and self.m > 2 * self.f + 3
+        return "n > 2f + 2" + (f" and n >= m = {self.m}" if m_bound else "")
 
     def selected(self, updates: torch.Tensor) -> torch.Tensor:
         """Indices of the rows this rule averages."""

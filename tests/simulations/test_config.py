@@ -2,13 +2,15 @@ import pytest
 import torch
 
 from simulations.config import ConfigError, compose_experiment, parse_overrides
-from simulations.experiment import build, check_partitions
+from simulations.experiment import build, check_aggregation, check_partitions
 
 
 def test_default_experiment():
     exp = compose_experiment([])
     assert exp.choices == {
         "strategy": "fedavg",
+        "aggregator": "mean",
+        "preagg": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",
@@ -37,6 +39,77 @@ def test_every_combination_builds(strategy, dataset, partition, model):
     check_partitions(built, 10)
     assert built.train_config["dataset-hash"] == built.split.content_hash
     assert built.model(torch.from_numpy(built.split.test.x[:2])).shape == (2, 10)
+
+
+AGGREGATORS = [
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multikrum",
+    "bulyan",
+    "geometric_median",
+    "centered_clipping",
+]
+
+
+@pytest.mark.parametrize("aggregator", AGGREGATORS)
+@pytest.mark.parametrize("preagg", ["[]", "[nnm]", "[arc,nnm]", "[bucketing]", "[clip]"])
+def test_every_aggregation_builds_for_13_nodes(aggregator, preagg):
+    f_override = [] if aggregator == "mean" else ["aggregator.f=1"]
+    exp = compose_experiment(
+        [f"aggregator={aggregator}", *f_override, f"preagg={preagg}", "tracking=none"]
+    )
+    built = build(exp)
+    check_aggregation(built, 13)
+    assert built.strategy.aggregation.rule.f == (1 if aggregator != "mean" else 0)
+
+
+def test_issue_example_krum_f3_with_nnm():
+    exp = compose_experiment(["aggregator=krum", "aggregator.f=3", "preagg=[nnm]", "tracking=none"])
+    built = build(exp)
+    assert built.strategy.aggregation.describe() == "NNM -> Krum(f=3)"
+    assert built.strategy.aggregation.preagg[0].f == 3  # NNM follows aggregator.f
+    assert exp.choices["preagg"] == "nnm"
+    check_aggregation(built, 13)
+    with pytest.raises(
+        ConfigError, match=r"needs at least 9 updates per round \(Krum: n > 2f \+ 2\)"
+    ):
+        check_aggregation(built, 8)
+
+
+def test_bulyan_with_too_few_nodes_fails_at_start():
+    built = build(compose_experiment(["aggregator=bulyan", "aggregator.f=3", "tracking=none"]))
+    with pytest.raises(ConfigError, match=r"n >= 4f \+ 3"):
+        check_aggregation(built, 13)
+    built = build(
+        compose_experiment(
+            ["aggregator=bulyan", "aggregator.f=2", "fraction_train=0.5", "tracking=none"]
+        )
+    )
+    with pytest.raises(ConfigError, match="fraction_train=0.5 of 13 nodes selects 7"):
+        check_aggregation(built, 13)
+
+
+def test_unknown_aggregator_and_preagg_list_options():
+    with pytest.raises(ConfigError, match="Available options in 'aggregator'"):
+        compose_experiment(["aggregator=average"])
+    with pytest.raises(ConfigError, match="Available options in 'preagg'"):
+        compose_experiment(["preagg=[mixing]"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["aggregator=krum", "aggregator.f=-1"], "f"),
+        (["aggregator=centered_clipping", "aggregator.tau=0"], "tau"),
+        (["preagg=[bucketing]", "preagg.bucketing.s=0"], "bucket size"),
+        (["preagg=[clip]", "preagg.clip.c=0"], "clipping threshold"),
+    ],
+)
+def test_invalid_aggregation_parameters(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build(compose_experiment([*overrides, "tracking=none"]))
 
 
 def test_overrides_string_as_in_the_run_config():

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -241,3 +242,38 @@ def test_fedprox_sends_mu_and_fedavg_does_not():
 def test_bad_parameters_fail_at_construction(kwargs):
     with pytest.raises(ValueError):
         FlExtFedProx(**kwargs)
+
+
+def test_robust_rule_ignores_a_huge_update_that_the_mean_would_follow():
+    from fl_ext.aggregators import CoordinateMedian
+
+    grid = InProcessGrid(make_app({1: "huge_norm"}), 5)
+    strategy = FlExtFedAvg(aggregation=CoordinateMedian(f=1), max_update_norm=None)
+    messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    got = record_to_named(arrays)
+    # node 1 adds 1e6 to w; the median of w over nodes 1..5 is node 3's w (global + 3)
+    np.testing.assert_allclose(got["w"], GLOBAL["w"] + 3.0)
+    np.testing.assert_allclose(got["b"], GLOBAL["b"] + 3.0)
+    assert sum(strategy.round_log.rejected.values()) == 0
+
+
+def test_round_skipped_when_the_rule_needs_more_valid_updates():
+    from fl_ext.aggregators import Krum
+
+    strategy, _, arrays, _ = run_round({1: "nan", 2: "nan"}, num_nodes=6, aggregation=Krum(f=1))
+    assert arrays is None
+    assert "Krum(f=1) needs 5" in strategy.round_log.skipped
+
+
+def test_centered_clipping_center_is_the_previous_aggregate():
+    from fl_ext.aggregators import CenteredClipping
+
+    grid = InProcessGrid(make_app({}), 3)
+    strategy = FlExtFedAvg(aggregation=CenteredClipping(tau=100.0, iterations=1))
+    for rnd in (1, 2):
+        messages = strategy.configure_train(rnd, named_array_record(GLOBAL), ConfigRecord(), grid)
+        strategy.aggregate_train(rnd, grid.send_and_receive(messages))
+    # tau large: one iteration from center c gives the plain mean of the deltas (2.0)
+    assert torch.allclose(strategy.aggregator_state.center, torch.full((16,), 2.0))
+    assert strategy.aggregator_state.round == 2
