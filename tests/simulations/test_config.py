@@ -87,7 +87,7 @@ def test_bulyan_with_too_few_nodes_fails_at_start():
             ["aggregator=bulyan", "aggregator.f=2", "fraction_train=0.5", "tracking=none"]
         )
     )
-    with pytest.raises(ConfigError, match="fraction_train=0.5 of 13 nodes selects 7"):
+    with pytest.raises(ConfigError, match=r"fraction_train=0\.5 of 13 nodes selects 7"):
         check_aggregation(built, 13)
 
 

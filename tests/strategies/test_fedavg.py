@@ -252,8 +252,8 @@ def test_robust_rule_ignores_a_huge_update_that_the_mean_would_follow():
     messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
     arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
     got = record_to_named(arrays)
-    # node 1 adds 1e6 to w; the median of w over nodes 1..5 is node 3's w (global + 3)
-    np.testing.assert_allclose(got["w"], GLOBAL["w"] + 3.0)
+    # node n adds n; node 1 adds 1e6 more to w: medians are 4 for w (2,3,4,5,1e6+1), 3 for b
+    np.testing.assert_allclose(got["w"], GLOBAL["w"] + 4.0)
     np.testing.assert_allclose(got["b"], GLOBAL["b"] + 3.0)
     assert sum(strategy.round_log.rejected.values()) == 0
 
