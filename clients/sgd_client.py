@@ -9,6 +9,7 @@ import numpy as np
 from flwr.client import NumPyClient
 from torch import nn
 
+from fl_ext.attacks import ROLE_KEY, flip_labels, malform
 from fl_ext.data.datasets import ArrayDataset
 from fl_ext.params import get_weights, set_weights
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
@@ -18,7 +19,8 @@ class SgdClient(NumPyClient):
     """Trains ``model`` on its partition; config keys come from the server's ConfigRecord.
 
     Train keys: ``local-epochs``, ``lr``, ``momentum``, ``batch-size``, ``proximal-mu``
-    (FedProx; 0 means FedAvg), ``seed``, ``server-round``.
+    (FedProx; 0 means FedAvg), ``seed``, ``server-round``; in simulation, ``attack-role``
+    makes this client Byzantine (``label_flip`` or a malformed reply, see fl_ext.attacks).
     """
 
     def __init__(
@@ -46,10 +48,21 @@ class SgdClient(NumPyClient):
                 int(config.get("seed", 0)), int(config.get("server-round", 0)), self.partition_id
             ),
         )
+        role = str(config.get(ROLE_KEY, "")) or None  # simulation only: a Byzantine client's role
+        data = self.train
+        if role == "label_flip":
+            data = ArrayDataset(self.train.x, flip_labels(self.train.y, self.model_classes()))
         started = time.perf_counter()
-        stats = train_local(self.model, self.train, cfg)
+        stats = train_local(self.model, data, cfg)
         metrics = {"train_loss": stats.loss, "compute_time_s": time.perf_counter() - started}
-        return self.get_parameters({}), stats.num_examples, metrics
+        params = self.get_parameters({})
+        if role is not None and role != "label_flip":
+            params = malform(params, role)
+        return params, stats.num_examples, metrics
+
+    def model_classes(self) -> int:
+        """Number of classes of the model's output layer."""
+        return int(getattr(self.model, "num_classes", int(self.train.y.max()) + 1))
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]

@@ -40,11 +40,19 @@ def resolve_target(target: object, base: type[T]) -> type[T]:
 
 
 def build_from_spec(spec: Mapping[str, Any], base: type[T], **extra: Any) -> T:
-    """Instantiate ``spec['_target_']`` with the other keys (plus ``extra``) as kwargs."""
+    """Instantiate ``spec['_target_']`` with the other keys (plus ``extra``) as kwargs.
+
+    Nested specs (values with their own ``_target_``) are built first, under the same
+    ``fl_ext`` allowlist.
+    """
     if "_target_" not in spec:
         raise SpecError(f"spec {dict(spec)!r} has no '_target_' key")
     cls = resolve_target(spec["_target_"], base)
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    kwargs = {
+        k: build_from_spec(v, object) if isinstance(v, Mapping) and "_target_" in v else v
+        for k, v in spec.items()
+        if k != "_target_"
+    }
     try:
         return cls(**kwargs, **extra)
     except TypeError as err:

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 import fl_ext
 from fl_ext.aggregators import Aggregator, RobustAggregation
+from fl_ext.attacks import OmniscientAttack
 from fl_ext.data import Partitioner
 from fl_ext.data.datasets import TrainTestSplit
 from fl_ext.data.federated import load_split
@@ -36,6 +37,7 @@ from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import evaluate
 from simulations.config import ConfigError, Experiment
 from strategies import FlExtFedAvg
+from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
 from strategies.records import named_array_record
 
@@ -80,7 +82,11 @@ def build(experiment: Experiment) -> Built:
                 build_from_spec(spec, PreAggregator) for spec in (conf.get("preagg") or {}).values()
             ],
         )
-        strategy = instantiate(strategy_cfg, aggregation=aggregation)
+        strategy = instantiate(
+            strategy_cfg,
+            aggregation=aggregation,
+            byzantine=build_attack(conf["attack"], conf["seed"]),
+        )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
         raise ConfigError(f"cannot build the experiment: {err}") from err
@@ -119,6 +125,19 @@ def build(experiment: Experiment) -> Built:
     )
 
 
+def build_attack(spec: dict[str, Any], seed: int) -> ByzantineSimulation | None:
+    """The simulated attack of the ``attack`` group, or None for ``attack=none``."""
+    if not spec.get("num_byzantine"):
+        return None
+    omniscient = spec.get("omniscient")
+    return ByzantineSimulation(
+        num_byzantine=int(spec["num_byzantine"]),
+        omniscient=build_from_spec(omniscient, OmniscientAttack) if omniscient else None,
+        client_role=spec.get("client_role"),
+        seed=seed,
+    )
+
+
 def check_partitions(built: Built, num_partitions: int) -> None:
     """Partition the training set for this federation size now, so a bad split fails early."""
     try:
@@ -140,9 +159,10 @@ def run_name(experiment: Experiment) -> str:
     """Readable MLflow run name from the group choices and the seed."""
     c = experiment.choices
     rule = "" if c["aggregator"] == "mean" else f"-{c['aggregator']}"
+    attack = "" if c["attack"] == "none" else f"-vs-{c['attack']}"
     pre = "" if c["preagg"] == "none" else f"-{c['preagg']}"
     return (
-        f"{c['strategy']}{rule}{pre}-{c['dataset']}-{c['partition']}-{c['model']}"
+        f"{c['strategy']}{rule}{pre}{attack}-{c['dataset']}-{c['partition']}-{c['model']}"
         f"-seed{experiment.cfg.seed}"
     )
 
@@ -210,6 +230,7 @@ def finish(built: Built, result: Result, *, num_clients: int) -> None:
         "strategy": exp.choices["strategy"],
         "aggregator": exp.choices["aggregator"],
         "preagg": exp.choices["preagg"],
+        "attack": exp.choices["attack"],
         "rounds": str(cfg.num_rounds),
         "num_clients": str(num_clients),
         "dataset": exp.choices["dataset"],

@@ -33,6 +33,7 @@ from fl_ext.aggregators import (
 from fl_ext.params import ParamSpec
 from fl_ext.selection import UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
+from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
 from strategies.records import named_array_record, record_to_named
 from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
@@ -56,6 +57,7 @@ class FlExtFedAvg(FedAvg):
     weight_cap_factor : weights are capped at this multiple of the lower-median count.
     max_update_norm : an update (reply minus global model) with a larger L2 norm is rejected.
     seed : seeds node selection.
+    byzantine : simulation only: designated Byzantine nodes and their attack.
     aggregation : the rule (and pre-aggregation chain) applied to the updates; FedAvg's
         weighted mean by default. A round needs ``aggregation.min_inputs()`` valid updates.
     node_wait_timeout : seconds to wait for ``min_available_nodes`` before failing.
@@ -75,6 +77,7 @@ class FlExtFedAvg(FedAvg):
         seed: int = 0,
         node_wait_timeout: float = 120.0,
         aggregation: RobustAggregation | Aggregator | None = None,
+        byzantine: ByzantineSimulation | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -121,6 +124,9 @@ class FlExtFedAvg(FedAvg):
             )
         self.aggregation = aggregation
         self.aggregator_state = AggregatorState()  # explicit state of stateful rules
+        self.byzantine = byzantine
+        if byzantine is not None:
+            byzantine.bind(self._attacker_view)
         self.train_selector = UniformSelector(
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
@@ -178,10 +184,27 @@ class FlExtFedAvg(FedAvg):
             return []
         selected = self.train_selector.select(available)
         self.round_log.selected = selected
-        record = self._record(arrays, config, self.train_config_entries(server_round))
+        entries = self.train_config_entries(server_round)
+        record = self._record(arrays, config, entries)
+        messages: list[Message] = []
+        if self.byzantine is not None:
+            self.byzantine.designate(available)
+            roles = [n for n in selected if self.byzantine.config_for(n)]
+            if roles:
+                special = self._record(
+                    arrays, config, {**entries, **self.byzantine.config_for(roles[0])}
+                )
+                self.round_log.bytes_down += record_wire_bytes(special) * len(roles)
+                messages += self._construct_messages(special, roles, MessageType.TRAIN)
+                selected = [n for n in selected if n not in roles]
         self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
-        log(INFO, "configure_train: %d of %d nodes selected", len(selected), len(available))
-        return self._construct_messages(record, selected, MessageType.TRAIN)
+        log(
+            INFO,
+            "configure_train: %d of %d nodes selected",
+            len(self.round_log.selected),
+            len(available),
+        )
+        return [*messages, *self._construct_messages(record, selected, MessageType.TRAIN)]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -214,6 +237,9 @@ class FlExtFedAvg(FedAvg):
                 self._reject(node_id, parsed)
                 continue
             accepted.append(parsed)
+
+        if self.byzantine is not None and self.byzantine.omniscient is not None:
+            updates, accepted = self._inject_attack(updates, accepted)
 
         metrics = MetricRecord({"clients_valid": len(accepted)})
         if rlog.skipped is None and len(accepted) < self.min_valid_replies():
@@ -400,6 +426,37 @@ class FlExtFedAvg(FedAvg):
         return parse_train_reply(
             msg, spec, max_examples=self.max_examples_per_client, required_metrics=("train_loss",)
         )
+
+    def _inject_attack(
+        self, updates: torch.Tensor, accepted: list[TrainReply]
+    ) -> tuple[torch.Tensor, list[TrainReply]]:
+        """Replace the Byzantine nodes' rows by crafted updates, then check those like any reply."""
+        assert self.byzantine is not None
+        byz = [i for i, r in enumerate(accepted) if self.byzantine.is_byzantine(r.node_id)]
+        honest = [i for i, r in enumerate(accepted) if not self.byzantine.is_byzantine(r.node_id)]
+        self.round_log.byzantine = len(byz)
+        if not byz or not honest:
+            return updates, accepted
+        crafted = self.byzantine.craft(updates[honest], len(byz))
+        keep = list(honest)
+        for row, i in zip(crafted, byz, strict=True):
+            updates[i] = row
+            finite = bool(torch.isfinite(row).all())
+            norm = float(torch.linalg.vector_norm(row)) if finite else float("nan")
+            rejection = check_update_norm(norm, self.max_update_norm)
+            if rejection:
+                self._reject(accepted[i].node_id, rejection)
+            else:
+                keep.append(i)
+        keep.sort()
+        return updates[keep], [accepted[i] for i in keep]
+
+    def _attacker_view(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The server's aggregation as an omniscient attacker evaluates it (state untouched)."""
+        state = AggregatorState(
+            center=self.aggregator_state.center, round=self.aggregator_state.round
+        )
+        return self.aggregation(stacked, None, state)
 
     def _reject(self, node_id: int, rejection: Rejection) -> None:
         self.round_log.rejected[rejection.reason.value] += 1

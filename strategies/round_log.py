@@ -18,6 +18,7 @@ class RoundLog:
     bytes_down: int = 0
     bytes_up: int = 0
     skipped: str | None = None
+    byzantine: int = 0
     eval_selected: int = 0
     eval_replied: int = 0
     eval_failed: int = 0
@@ -33,6 +34,7 @@ class RoundLog:
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "round_skipped": float(self.skipped is not None),
+            "byzantine_in_round": self.byzantine,
             "eval_clients_selected": self.eval_selected,
             "eval_clients_replied": self.eval_replied,
             "eval_clients_rejected": self.eval_rejected,

@@ -11,6 +11,7 @@ def test_default_experiment():
         "strategy": "fedavg",
         "aggregator": "mean",
         "preagg": "none",
+        "attack": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",
