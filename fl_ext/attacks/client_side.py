@@ -27,7 +27,6 @@ def malform(arrays: Sequence[np.ndarray], role: str, scale: float = 1e6) -> list
     elif role == "wrong_shape":
         out[0] = out[0].reshape(-1)[:-1].copy()
     else:
-        raise ValueError(
-            f"unknown malformed role {role!r}; allowed: nan_update, inf_update, oversized, wrong_shape"
-        )
+        allowed = ", ".join(CLIENT_ROLES[1:])
+        raise ValueError(f"unknown malformed role {role!r}; allowed: {allowed}")
     return out
