@@ -126,10 +126,14 @@ def build(experiment: Experiment) -> Built:
 
 
 def build_attack(spec: dict[str, Any], seed: int) -> ByzantineSimulation | None:
-    """The simulated attack of the ``attack`` group, or None for ``attack=none``."""
-    if not spec.get("num_byzantine"):
-        return None
+    """The simulated attack of the ``attack`` group, or None for ``attack=none``.
+
+    Without an omniscient attack or a client role there is nothing to simulate (the
+    ``num_byzantine`` designated clients then behave honestly).
+    """
     omniscient = spec.get("omniscient")
+    if not spec.get("num_byzantine") or (omniscient is None and spec.get("client_role") is None):
+        return None
     return ByzantineSimulation(
         num_byzantine=int(spec["num_byzantine"]),
         omniscient=build_from_spec(omniscient, OmniscientAttack) if omniscient else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator
+from fl_ext.aggregators.base import Aggregator, check_f
 
 
 def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -22,9 +22,16 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
 
 
 class WeightedMean(Aggregator):
-    """FedAvg: the (example-weighted) mean. Not robust: one Byzantine update moves it anywhere."""
+    """FedAvg: the (example-weighted) mean. Not robust: one Byzantine update moves it anywhere.
+
+    ``f`` is accepted so every rule takes the same parameters (sweeps set ``aggregator.f``);
+    the mean tolerates no Byzantine update whatever its value.
+    """
 
     uses_weights = True
+
+    def __init__(self, *, f: int = 0) -> None:
+        self.f = check_f(f)
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return weighted_mean(updates, weights)
