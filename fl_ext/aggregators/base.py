@@ -96,3 +96,16 @@ class Aggregator:
     ) -> torch.Tensor:
         """Stateful rules override this; the others ignore ``state``."""
         return self.aggregate(updates, weights)
+
+
+class HonestMajorityRule(Aggregator):
+    """A rule defined while fewer than half the updates are Byzantine: ``n >= 2f + 1``."""
+
+    def __init__(self, *, f: int = 0) -> None:
+        self.f = check_f(f)
+
+    def min_inputs(self) -> int:
+        return 2 * self.f + 1
+
+    def requirement(self) -> str:
+        return "n >= 2f + 1"

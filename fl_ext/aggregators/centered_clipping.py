@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator, check_f
+from fl_ext.aggregators.base import HonestMajorityRule
 from fl_ext.aggregators.geometric_median import row_distances
 from fl_ext.aggregators.state import AggregatorState
 
@@ -25,7 +25,7 @@ def centered_clip(
     return v.to(updates.dtype)
 
 
-class CenteredClipping(Aggregator):
+class CenteredClipping(HonestMajorityRule):
     """Clip each update's distance to the center at ``tau`` and average; repeat.
 
     The center is the previous round's aggregate, kept in the strategy's
@@ -33,18 +33,12 @@ class CenteredClipping(Aggregator):
     """
 
     def __init__(self, *, f: int = 0, tau: float = 1.0, iterations: int = 3) -> None:
-        self.f = check_f(f)
+        super().__init__(f=f)
         if not tau > 0:
             raise ValueError(f"tau (clipping radius) must be > 0, got {tau}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
         self.tau, self.iterations = float(tau), iterations
-
-    def min_inputs(self) -> int:
-        return 2 * self.f + 1
-
-    def requirement(self) -> str:
-        return "n >= 2f + 1"
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return centered_clip(updates, torch.zeros_like(updates[0]), self.tau, self.iterations)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator, check_f
+from fl_ext.aggregators.base import HonestMajorityRule
 from fl_ext.aggregators.mean import weighted_mean
 
 _BLOCK = 1 << 15
@@ -20,7 +20,7 @@ def row_distances(x: torch.Tensor, z: torch.Tensor, *, block: int = _BLOCK) -> t
     return sq.sqrt()
 
 
-class GeometricMedian(Aggregator):
+class GeometricMedian(HonestMajorityRule):
     """argmin_z sum_i a_i ||x_i - z||, approximately: Weiszfeld with distances floored at ``nu``.
 
     Stops when the estimate moves less than ``tol`` (relative) or after ``max_iter``
@@ -37,7 +37,7 @@ class GeometricMedian(Aggregator):
         max_iter: int = 100,
         weighted: bool = False,
     ) -> None:
-        self.f = check_f(f)
+        super().__init__(f=f)
         if not nu > 0:
             raise ValueError(f"nu (distance floor) must be > 0, got {nu}")
         if not tol > 0:
@@ -47,12 +47,6 @@ class GeometricMedian(Aggregator):
         self.nu, self.tol, self.max_iter = float(nu), float(tol), max_iter
         self.uses_weights = bool(weighted)
         self.iterations = 0  # diagnostic of the last call only, never read by the rule
-
-    def min_inputs(self) -> int:
-        return 2 * self.f + 1
-
-    def requirement(self) -> str:
-        return "n >= 2f + 1"
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         alpha = (

@@ -62,7 +62,9 @@ class MultiKrum(Aggregator):
         return select_multikrum(pairwise_sq_distances(updates), self.f, m)
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        return weighted_mean(updates[self.selected(updates)])
+        mask = torch.zeros(updates.shape[0], dtype=torch.float64)
+        mask[self.selected(updates)] = 1.0  # mean of the selected rows, without copying them
+        return weighted_mean(updates, mask)
 
 
 class Krum(MultiKrum):

@@ -16,8 +16,9 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
         w = weights.detach().to(dtype=torch.float64, device="cpu")
         w = w / w.sum()
     out = torch.zeros(updates.shape[1], dtype=torch.float64, device=updates.device)
-    for i in range(n):  # row-wise axpy: no [n, d] float64 temporary
-        out.add_(updates[i], alpha=float(w[i]))
+    for i in range(n):  # row-wise axpy: no [n, d] float64 temporary; zero weights skipped
+        if float(w[i]) != 0.0:
+            out.add_(updates[i], alpha=float(w[i]))
     return out.to(updates.dtype)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator, check_f
+from fl_ext.aggregators.base import HonestMajorityRule
 from fl_ext.aggregators.columnwise import columnwise
 
 
@@ -15,20 +15,11 @@ def _median_block(block: torch.Tensor) -> torch.Tensor:
     return (low.double() * 0.5 + high.double() * 0.5).to(block.dtype)  # no overflow at 3e38
 
 
-class CoordinateMedian(Aggregator):
+class CoordinateMedian(HonestMajorityRule):
     """Per coordinate, the median of the n values (mean of the two middle ones when n is even).
 
     Robust while fewer than half the updates are Byzantine: ``n >= 2f + 1``.
     """
-
-    def __init__(self, *, f: int = 0) -> None:
-        self.f = check_f(f)
-
-    def min_inputs(self) -> int:
-        return 2 * self.f + 1
-
-    def requirement(self) -> str:
-        return "n >= 2f + 1"
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         return columnwise(updates, _median_block)

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator, check_f
+from fl_ext.aggregators.base import HonestMajorityRule
 from fl_ext.aggregators.columnwise import columnwise
 
 
-class TrimmedMean(Aggregator):
+class TrimmedMean(HonestMajorityRule):
     """Per coordinate, drop the ``f`` largest and ``f`` smallest values and average the rest.
 
     Sorting (not sum minus extremes) keeps it exact when Byzantine values are huge.
     Needs ``n >= 2f + 1``.
     """
-
-    def __init__(self, *, f: int = 0) -> None:
-        self.f = check_f(f)
-
-    def min_inputs(self) -> int:
-        return 2 * self.f + 1
-
-    def requirement(self) -> str:
-        return "n >= 2f + 1"
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         n, f = updates.shape[0], self.f
