@@ -8,11 +8,15 @@ was logged so far.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
@@ -28,13 +32,13 @@ from fl_ext.data import Partitioner
 from fl_ext.data.datasets import TrainTestSplit
 from fl_ext.data.federated import load_split
 from fl_ext.models import ClassifierNet
-from fl_ext.params import get_weights, set_weights
+from fl_ext.params import ParamSpec, get_weights, set_weights
 from fl_ext.preagg import PreAggregator
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
 from fl_ext.tracking.plots import accuracy_plot_png
-from fl_ext.training import evaluate
+from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
 from simulations.config import ConfigError, Experiment
 from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
@@ -82,10 +86,12 @@ def build(experiment: Experiment) -> Built:
                 build_from_spec(spec, PreAggregator) for spec in (conf.get("preagg") or {}).values()
             ],
         )
+        reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
             byzantine=build_attack(conf["attack"], conf["seed"]),
+            reference_update=reference,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -123,6 +129,31 @@ def build(experiment: Experiment) -> Built:
         train_config,
         ConfigRecord(data_keys),
     )
+
+
+def root_update_fn(
+    split: TrainTestSplit, model: ClassifierNet, conf: dict[str, Any]
+) -> Callable[[int, OrderedDict[str, np.ndarray]], torch.Tensor]:
+    """The server's own update on its root set (FLTrust), with the clients' local settings."""
+    if split.root is None or len(split.root) == 0:
+        raise ValueError("this aggregator needs a root set: set dataset.root_size > 0")
+    root = split.root
+    server_model = copy.deepcopy(model)
+
+    def update(server_round: int, global_arrays: OrderedDict[str, np.ndarray]) -> torch.Tensor:
+        set_weights(server_model, global_arrays)
+        cfg = TrainConfig(
+            epochs=int(conf["local_epochs"]),
+            batch_size=int(conf["batch_size"]),
+            lr=float(conf["lr"]),
+            momentum=float(conf["momentum"]),
+            seed=seed_for(int(conf["seed"]), server_round, 1_000_000),
+        )
+        train_local(server_model, root, cfg)
+        spec = ParamSpec.of(global_arrays)
+        return spec.flatten(get_weights(server_model)) - spec.flatten(global_arrays)
+
+    return update
 
 
 def build_attack(spec: dict[str, Any], seed: int) -> ByzantineSimulation | None:

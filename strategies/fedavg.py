@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -41,6 +42,7 @@ from strategies.round_log import RoundLog
 from strategies.wire import record_wire_bytes
 
 RoundCallback = Callable[[int, dict[str, float]], None]
+ReferenceFn = Callable[[int, "OrderedDict[str, np.ndarray]"], torch.Tensor]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 
@@ -58,6 +60,8 @@ class FlExtFedAvg(FedAvg):
     max_update_norm : an update (reply minus global model) with a larger L2 norm is rejected.
     seed : seeds node selection.
     byzantine : simulation only: designated Byzantine nodes and their attack.
+    reference_update : ``(round, global arrays) -> flat update`` trained by the server on its
+        root set, for rules that need it (FLTrust).
     aggregation : the rule (and pre-aggregation chain) applied to the updates; FedAvg's
         weighted mean by default. A round needs ``aggregation.min_inputs()`` valid updates.
     node_wait_timeout : seconds to wait for ``min_available_nodes`` before failing.
@@ -78,6 +82,7 @@ class FlExtFedAvg(FedAvg):
         node_wait_timeout: float = 120.0,
         aggregation: RobustAggregation | Aggregator | None = None,
         byzantine: ByzantineSimulation | None = None,
+        reference_update: ReferenceFn | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -123,6 +128,12 @@ class FlExtFedAvg(FedAvg):
                 f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
             )
         self.aggregation = aggregation
+        if aggregation.needs_reference and reference_update is None:
+            raise ValueError(
+                f"{aggregation.describe()} needs the server's own update each round "
+                "(reference_update); give the dataset a root set (dataset.root_size)"
+            )
+        self.reference_update = reference_update
         self.aggregator_state = AggregatorState()  # explicit state of stateful rules
         self.byzantine = byzantine
         if byzantine is not None:
@@ -254,6 +265,10 @@ class FlExtFedAvg(FedAvg):
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
         self.aggregator_state.round = server_round
+        if self.aggregation.needs_reference:
+            assert self.reference_update is not None
+            reference = self.reference_update(server_round, spec.unflatten(global_flat))
+            self.aggregator_state.reference = reference.to(updates.dtype)
         delta = self.aggregation(updates[: len(accepted)], weights, self.aggregator_state)
         new_arrays = spec.unflatten(global_flat + delta)
         losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]

@@ -57,6 +57,7 @@ class Aggregator:
 
     f: int = 0
     uses_weights: bool = False
+    needs_reference: bool = False  # True: state.reference must hold the server's own update
 
     def min_inputs(self) -> int:
         """Smallest n the rule is defined for (with its ``f``)."""

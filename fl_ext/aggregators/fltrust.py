@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.base import Aggregator
+from fl_ext.aggregators.base import Aggregator, check_f
 from fl_ext.aggregators.mean import weighted_mean
 from fl_ext.aggregators.state import AggregatorState
 
@@ -31,7 +31,15 @@ def fltrust(updates: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 class FLTrust(Aggregator):
-    """Needs the server's update on its root data set in ``state.reference`` every round."""
+    """Needs the server's update on its root data set in ``state.reference`` every round.
+
+    ``f`` is recorded only (FLTrust needs no bound on the number of Byzantine clients).
+    """
+
+    needs_reference = True
+
+    def __init__(self, *, f: int = 0) -> None:
+        self.f = check_f(f)
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         raise ValueError("FLTrust needs the server's reference update: use aggregate_with_state")

@@ -29,6 +29,11 @@ class RobustAggregation:
         self.rule = rule
         self.preagg = tuple(preagg)
 
+    @property
+    def needs_reference(self) -> bool:
+        """True when the rule needs the server's own update (FLTrust)."""
+        return self.rule.needs_reference
+
     def rows_after_preagg(self, n: int) -> int:
         """How many vectors reach the rule from ``n`` updates."""
         for p in self.preagg:

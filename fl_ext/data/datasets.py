@@ -42,6 +42,7 @@ class TrainTestSplit:
     test: ArrayDataset
     num_classes: int
     content_hash: str
+    root: ArrayDataset | None = None  # server's own small training set (FLTrust), held out
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -79,22 +80,38 @@ class DatasetSource:
 
     name: str = "dataset"
 
-    def __init__(self, *, test_fraction: float = 0.2, seed: int = 0) -> None:
+    def __init__(self, *, test_fraction: float = 0.2, seed: int = 0, root_size: int = 0) -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if isinstance(root_size, bool) or not isinstance(root_size, int) or root_size < 0:
+            raise ValueError(f"root_size must be an integer >= 0, got {root_size!r}")
         self.test_fraction = float(test_fraction)
         self.seed = int(seed)
+        self.root_size = root_size
 
     def load_raw(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Return all images (uint8 or float), labels and the number of classes."""
         raise NotImplementedError
 
     def load(self) -> TrainTestSplit:
-        """Load, normalise to float32 [0, 1] ``[N, 1, H, W]``, split and hash."""
+        """Load, normalise to float32 [0, 1] ``[N, 1, H, W]``, split and hash.
+
+        ``root_size`` examples of the held-out side become the server's root set (FLTrust);
+        the rest stays the test set.
+        """
         x_raw, y_raw, num_classes = self.load_raw()
         digest = content_hash(x_raw, y_raw)
         x, y = self.normalise(x_raw), y_raw.astype(np.int64)
         train_idx, test_idx = stratified_split(y, self.test_fraction, self.seed)
+        if self.root_size >= test_idx.size:
+            raise ValueError(
+                f"root_size={self.root_size} leaves no test examples out of {test_idx.size}"
+            )
+        shuffled = np.random.default_rng(self.seed + 1).permutation(test_idx)
+        root_idx, test_idx = (
+            np.sort(shuffled[: self.root_size]),
+            np.sort(shuffled[self.root_size :]),
+        )
         full = ArrayDataset(x, y)
         return TrainTestSplit(
             name=self.name,
@@ -102,6 +119,7 @@ class DatasetSource:
             test=full.subset(test_idx),
             num_classes=num_classes,
             content_hash=digest,
+            root=full.subset(root_idx) if self.root_size else None,
         )
 
     def normalise(self, x_raw: np.ndarray) -> np.ndarray:

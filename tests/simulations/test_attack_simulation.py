@@ -30,8 +30,10 @@ def test_robust_rule_beats_fedavg_under_the_same_attack():
     attacked_krum_nnm = final_accuracy(
         [*GAUSSIAN, "aggregator=multikrum", "aggregator.f=3", "preagg=[nnm]"]
     )
+    attacked_fltrust = final_accuracy([*GAUSSIAN, "aggregator=fltrust"])
     assert attacked_mean < 0.3  # noise of norm ~700 (under max_update_norm) ruins the mean
     assert attacked_median > 0.8 and attacked_krum_nnm > 0.8
+    assert attacked_fltrust > 0.7  # its test set is 100 smaller: the root set comes from it
 
 
 @pytest.mark.parametrize("role", ["nan_update", "inf_update", "oversized", "wrong_shape"])
@@ -51,3 +53,10 @@ def test_label_flipping_runs_on_the_clients():
         ["num_rounds=2", "attack=label_flip", "attack.num_byzantine=3"], nodes=6
     )
     assert flipped < clean - 0.05
+
+
+def test_fltrust_without_a_root_set_is_a_config_error():
+    from simulations.config import ConfigError
+
+    with pytest.raises(ConfigError, match="root set"):
+        build(compose_experiment([*BASE, "aggregator=fltrust", "dataset.root_size=0"]))

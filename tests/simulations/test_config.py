@@ -51,6 +51,7 @@ AGGREGATORS = [
     "bulyan",
     "geometric_median",
     "centered_clipping",
+    "fltrust",
 ]
 
 

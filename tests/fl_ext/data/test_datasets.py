@@ -41,3 +41,16 @@ def test_split_is_deterministic_disjoint_and_stratified():
 def test_bad_test_fraction(fraction):
     with pytest.raises(ValueError, match="test_fraction"):
         Mnist5k(test_fraction=fraction)
+
+
+def test_root_set_is_carved_from_the_held_out_side():
+    plain, rooted = Digits().load(), Digits(root_size=50).load()
+    assert rooted.root is not None and len(rooted.root) == 50 and plain.root is None
+    assert len(rooted.test) == len(plain.test) - 50
+    assert np.array_equal(rooted.train.x, plain.train.x)  # clients' side unchanged
+    test_rows = {r.tobytes() for r in plain.test.x}
+    assert all(r.tobytes() in test_rows for r in rooted.root.x)
+    with pytest.raises(ValueError, match="root_size"):
+        Digits(root_size=-1)
+    with pytest.raises(ValueError, match="leaves no test examples"):
+        Digits(root_size=10_000).load()
