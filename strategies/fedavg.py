@@ -149,6 +149,7 @@ class FlExtFedAvg(FedAvg):
         self.round_log = RoundLog(0)
         self._spec: ParamSpec | None = None
         self._global_flat: torch.Tensor | None = None
+        self._global_named: OrderedDict[str, np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ hooks
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
@@ -267,7 +268,7 @@ class FlExtFedAvg(FedAvg):
         self.aggregator_state.round = server_round
         if self.aggregation.needs_reference:
             assert self.reference_update is not None
-            reference = self.reference_update(server_round, spec.unflatten(global_flat))
+            reference = self.reference_update(server_round, self._global_named)
             self.aggregator_state.reference = reference.to(updates.dtype)
         delta = self.aggregation(updates[: len(accepted)], weights, self.aggregator_state)
         new_arrays = spec.unflatten(global_flat + delta)
@@ -423,9 +424,9 @@ class FlExtFedAvg(FedAvg):
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: merged})
 
     def _set_global(self, arrays: ArrayRecord) -> None:
-        named = record_to_named(arrays)
-        self._spec = ParamSpec.of(named)
-        self._global_flat = self._spec.flatten(named)
+        self._global_named = record_to_named(arrays)
+        self._spec = ParamSpec.of(self._global_named)
+        self._global_flat = self._spec.flatten(self._global_named)
 
     def _require_global(self) -> tuple[ParamSpec, torch.Tensor]:
         if self._spec is None or self._global_flat is None:
