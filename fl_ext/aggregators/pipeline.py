@@ -67,9 +67,10 @@ class RobustAggregation:
         weights: torch.Tensor | None = None,
         state: AggregatorState | None = None,
     ) -> torch.Tensor:
-        check_updates(updates, weights)
+        check_updates(updates, weights)  # once here; pre-aggregators keep values finite
         self.check_n(updates.shape[0])
         x = updates
         for p in self.preagg:
             x = p(x, state)
-        return self.rule(x, weights if not self.preagg else None, state)
+        used = weights if not self.preagg and self.rule.uses_weights else None
+        return self.rule.aggregate_with_state(x, used, state or AggregatorState())
