@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fl_ext.tracking import resolve_tracking_uri
+from fl_ext.tracking import Tracker, resolve_tracking_uri
 from simulations.client_app import app as client_app
 from simulations.config import GROUPS, ConfigError, Experiment, check_config
 from simulations.experiment import build, check_aggregation, run
@@ -72,7 +72,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         check_aggregation(built, nodes)
     except ConfigError as err:
-        _record_infeasible(cfg, experiment, str(err))
+        _record_infeasible(built.tracker, experiment, str(err))
         log.warning("infeasible: %s", err)
         return {"status": "infeasible"}
     run(InProcessGrid(client_app, nodes), built)
@@ -81,8 +81,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return {"status": "finished", "accuracy": final}
 
 
-def _record_infeasible(cfg: DictConfig, experiment: Experiment, reason: str) -> None:
-    tracker = build(experiment).tracker
+def _record_infeasible(tracker: Tracker, experiment: Experiment, reason: str) -> None:
     tags = {f"choice.{k}": v for k, v in experiment.choices.items()}
     tracker.start(run_name="infeasible", params={}, tags={**tags, INFEASIBLE_TAG: reason[:5000]})
     tracker.end("FINISHED")

@@ -46,7 +46,6 @@ class GeometricMedian(HonestMajorityRule):
             raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
         self.nu, self.tol, self.max_iter = float(nu), float(tol), max_iter
         self.uses_weights = bool(weighted)
-        self.iterations = 0  # diagnostic of the last call only, never read by the rule
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         alpha = (
@@ -55,12 +54,11 @@ class GeometricMedian(HonestMajorityRule):
             else weights.double().cpu()
         )
         z = weighted_mean(updates, alpha)
-        for iteration in range(1, self.max_iter + 1):
+        for _ in range(self.max_iter):
             beta = alpha / row_distances(updates, z).cpu().clamp(min=self.nu)
             z_new = weighted_mean(updates, beta)
             moved = float(row_distances(z_new.unsqueeze(0), z)[0])
             z = z_new
-            self.iterations = iteration
             if moved <= self.tol * (float(torch.linalg.vector_norm(z.double())) + self.nu):
                 break
         return z
