@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from fl_ext.aggregators.base import Aggregator, check_f
 from fl_ext.aggregators.columnwise import columnwise
 from fl_ext.aggregators.distances import pairwise_sq_distances
 from fl_ext.aggregators.krum import krum_scores
+from fl_ext.aggregators.sortnet import closest_to_median_mean, kernel_applies
 
 
 def iterated_krum(dist: torch.Tensor, f: int, count: int) -> torch.Tensor:
@@ -20,6 +23,16 @@ def iterated_krum(dist: torch.Tensor, f: int, count: int) -> torch.Tensor:
         picked.append(best)
         remaining.remove(best)
     return torch.tensor(picked)
+
+
+def closest_to_median_block(block: torch.Tensor, beta: int) -> torch.Tensor:
+    """Any-device path: per column, the mean of the ``beta`` values closest to the median."""
+    theta = block.shape[0]
+    ordered = torch.sort(block, dim=0).values.double()
+    median = (ordered[(theta - 1) // 2] + ordered[theta // 2]) * 0.5
+    gap = (ordered - median).abs()
+    nearest = torch.sort(gap, dim=0, stable=True).indices[:beta]  # ties: the lower value
+    return (torch.gather(ordered, 0, nearest).sum(dim=0) / beta).to(block.dtype)
 
 
 class Bulyan(Aggregator):
@@ -43,12 +56,6 @@ class Bulyan(Aggregator):
         theta = n - 2 * f
         beta = theta - 2 * f
         chosen = updates[iterated_krum(pairwise_sq_distances(updates), f, theta)]
-
-        def closest_to_median(block: torch.Tensor) -> torch.Tensor:
-            ordered = torch.sort(block, dim=0).values.double()
-            median = (ordered[(theta - 1) // 2] + ordered[theta // 2]) * 0.5
-            gap = (ordered - median).abs()
-            nearest = torch.topk(gap, beta, dim=0, largest=False).indices
-            return (torch.gather(ordered, 0, nearest).sum(dim=0) / beta).to(block.dtype)
-
-        return columnwise(chosen, closest_to_median)
+        if kernel_applies(chosen):
+            return closest_to_median_mean(chosen, beta)
+        return columnwise(chosen, functools.partial(closest_to_median_block, beta=beta))

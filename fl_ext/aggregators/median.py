@@ -6,9 +6,11 @@ import torch
 
 from fl_ext.aggregators.base import HonestMajorityRule
 from fl_ext.aggregators.columnwise import columnwise
+from fl_ext.aggregators.sortnet import kernel_applies, sorted_window_mean
 
 
-def _median_block(block: torch.Tensor) -> torch.Tensor:
+def median_block(block: torch.Tensor) -> torch.Tensor:
+    """Any-device path for a column block (``torch.sort``); the CPU path is the sorting network."""
     n = block.shape[0]
     ordered = torch.sort(block, dim=0).values
     low, high = ordered[(n - 1) // 2], ordered[n // 2]
@@ -22,4 +24,7 @@ class CoordinateMedian(HonestMajorityRule):
     """
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        return columnwise(updates, _median_block)
+        n = updates.shape[0]
+        if kernel_applies(updates):
+            return sorted_window_mean(updates, (n - 1) // 2, n // 2 + 1)
+        return columnwise(updates, median_block)
