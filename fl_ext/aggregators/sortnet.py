@@ -18,6 +18,7 @@ import torch
 from numba import prange
 
 _COLS = 64  # columns per block: buffer rows stay in L1 for n up to ~128
+_MAX_THREADS: int = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
 
 
 @numba.njit(cache=True, inline="always")
@@ -114,7 +115,7 @@ def _padded_rows(n: int) -> int:
 
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
     # One thread budget for torch and the kernels: follow torch.set_num_threads.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), _MAX_THREADS)))
     return x.detach().contiguous().numpy()
 
 
