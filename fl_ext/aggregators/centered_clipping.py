@@ -5,24 +5,72 @@ from __future__ import annotations
 import torch
 
 from fl_ext.aggregators.base import HonestMajorityRule
-from fl_ext.aggregators.geometric_median import row_distances
+from fl_ext.aggregators.span import RowSpan
 from fl_ext.aggregators.state import AggregatorState
+
+_BLOCK = 1 << 15
+_DIRECT_MAX_ITERATIONS = 2  # beyond this the one-Gram-pass form is cheaper (bench.aggregators)
 
 
 def centered_clip(
     updates: torch.Tensor, center: torch.Tensor, tau: float, iterations: int
 ) -> torch.Tensor:
     """``v <- v + mean_i clip_tau(x_i - v)``, ``iterations`` times, from ``center``."""
+    if iterations <= _DIRECT_MAX_ITERATIONS:
+        return _centered_clip_direct(updates, center, tau, iterations)
+    return _centered_clip_span(updates, center, tau, iterations)
+
+
+def _clip_scales(norms: torch.Tensor, tau: float) -> torch.Tensor:
+    return torch.clamp(tau / norms.clamp(min=1e-300), max=1.0)  # min(1, tau/||x_i - v||)
+
+
+def _centered_clip_direct(
+    updates: torch.Tensor, center: torch.Tensor, tau: float, iterations: int
+) -> torch.Tensor:
+    """Two reads of the updates per iteration, float32 arithmetic where it is exact enough.
+
+    ``v`` (float64) is split into ``v_hi + v_lo`` (two float32): ``(x - v_hi) - v_lo`` is
+    accurate to float32 rounding *of the difference*, however large ``|v|`` is.
+    """
+    n, d = updates.shape
     v = center.double().clone()
-    n = updates.shape[0]
     for _ in range(iterations):
-        norms = row_distances(updates, v)
-        scale = torch.clamp(tau / norms.clamp(min=1e-300), max=1.0)  # min(1, tau/||x_i - v||)
-        step = torch.zeros_like(v)
-        for i in range(n):
-            step.add_(updates[i].double() - v, alpha=float(scale[i]) / n)
-        v += step
+        v_hi = v.to(updates.dtype)
+        v_lo = (v - v_hi.double()).to(updates.dtype)
+        sq = torch.zeros(n, dtype=torch.float64, device=updates.device)
+        for start in range(0, d, _BLOCK):
+            stop = min(start + _BLOCK, d)
+            diff = updates[:, start:stop] - v_hi[start:stop]
+            diff -= v_lo[start:stop]
+            sq += torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64).square()
+        w = _clip_scales(sq.sqrt(), tau) / n
+        v_next = v * (1.0 - float(w.sum()))
+        for start in range(0, d, _BLOCK):
+            stop = min(start + _BLOCK, d)
+            v_next[start:stop] += w @ updates[:, start:stop].double()
+        v = v_next
     return v.to(updates.dtype)
+
+
+def _centered_clip_span(
+    updates: torch.Tensor, center: torch.Tensor, tau: float, iterations: int
+) -> torch.Tensor:
+    """One Gram pass, then every iteration on n x n numbers.
+
+    The iterates are combinations of the updates and the center (one more row of the
+    :class:`RowSpan`), so the updates are read twice in all, whatever the iteration count.
+    """
+    n = updates.shape[0]
+    span = RowSpan(updates, extra=center)
+    a = torch.zeros(n + 1, dtype=torch.float64)
+    a[n] = 1.0  # v_0 = center
+    for _ in range(iterations):
+        norms = span.sq_distances(a)[:n].sqrt()
+        scale = _clip_scales(norms, tau)
+        a = a * (1.0 - float(scale.sum()) / n)
+        a[:n] += scale / n
+    return span.combine(a)
 
 
 class CenteredClipping(HonestMajorityRule):

@@ -16,17 +16,29 @@ BLOCK = 1 << 15  # columns per block: n x BLOCK float64 stays cache-sized
 _RECENTER_RATIO = 1e6  # recompute when a pair's centred norms exceed its distance by this
 
 
-def _centered_gram(x: torch.Tensor, center: torch.Tensor, block: int) -> torch.Tensor:
+def centered_gram(
+    x: torch.Tensor, center: torch.Tensor, *, extra: torch.Tensor | None = None, block: int = BLOCK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 Gram matrix of ``y_i = x_i - center`` and the products ``<y_i, center>``.
+
+    With ``extra`` (a vector), it is appended as row ``n``; ``x`` is never copied whole.
+    """
     n, d = x.shape
-    gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
-    buf = torch.empty((n, min(block, d)), dtype=torch.float64, device=x.device)
+    rows = n + (extra is not None)
+    gram = torch.zeros((rows, rows), dtype=torch.float64, device=x.device)
+    dots = torch.zeros(rows, dtype=torch.float64, device=x.device)
+    buf = torch.empty((rows, min(block, d)), dtype=torch.float64, device=x.device)
     for start in range(0, d, block):
         stop = min(start + block, d)
         chunk = buf[:, : stop - start]
-        chunk.copy_(x[:, start:stop])
-        chunk.sub_(center[start:stop].to(torch.float64))
+        chunk[:n].copy_(x[:, start:stop])
+        if extra is not None:
+            chunk[n].copy_(extra[start:stop])
+        c = center[start:stop].to(torch.float64)
+        chunk.sub_(c)
         gram.addmm_(chunk, chunk.T)
-    return gram
+        dots.addmv_(chunk, c)
+    return gram, dots
 
 
 def _distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
@@ -55,10 +67,10 @@ def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tenso
     n = x.shape[0]
     if n == 1:
         return torch.zeros((1, 1), dtype=torch.float64, device=x.device)
-    gram = _centered_gram(x, x[0], block)
+    gram, _ = centered_gram(x, x[0], block=block)
     dist = _distances_from_gram(gram)
     if _has_cancellation(gram, dist):
         central = int(dist.sum(dim=1).argmin())
         if central != 0:
-            dist = _distances_from_gram(_centered_gram(x, x[central], block))
+            dist = _distances_from_gram(centered_gram(x, x[central], block=block)[0])
     return dist

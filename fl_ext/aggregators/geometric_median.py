@@ -1,23 +1,15 @@
-"""Geometric median by smoothed Weiszfeld iterations (Pillutla et al., 2022, RFA)."""
+"""Geometric median by smoothed Weiszfeld iterations (Pillutla et al., 2022, RFA).
+
+The iterates are combinations of the updates, so every iteration works on the n x n Gram
+matrix (:class:`RowSpan`): the updates are read twice in all, whatever the iteration count.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from fl_ext.aggregators.base import HonestMajorityRule
-from fl_ext.aggregators.mean import weighted_mean
-
-_BLOCK = 1 << 15
-
-
-def row_distances(x: torch.Tensor, z: torch.Tensor, *, block: int = _BLOCK) -> torch.Tensor:
-    """``||x_i - z||`` for every row, from explicit differences (no cancellation), float64."""
-    sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[1], block):
-        stop = min(start + block, x.shape[1])
-        diff = x[:, start:stop].double() - z[start:stop].double()
-        sq += (diff * diff).sum(dim=1)
-    return sq.sqrt()
+from fl_ext.aggregators.span import RowSpan
 
 
 class GeometricMedian(HonestMajorityRule):
@@ -48,17 +40,15 @@ class GeometricMedian(HonestMajorityRule):
         self.uses_weights = bool(weighted)
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        alpha = (
-            torch.ones(updates.shape[0], dtype=torch.float64)
-            if weights is None
-            else weights.double().cpu()
-        )
-        z = weighted_mean(updates, alpha)
+        n = updates.shape[0]
+        alpha = torch.ones(n, dtype=torch.float64) if weights is None else weights.double().cpu()
+        span = RowSpan(updates)
+        a = alpha / alpha.sum()  # z_0: the (weighted) mean
         for _ in range(self.max_iter):
-            beta = alpha / row_distances(updates, z).cpu().clamp(min=self.nu)
-            z_new = weighted_mean(updates, beta)
-            moved = float(row_distances(z_new.unsqueeze(0), z)[0])
-            z = z_new
-            if moved <= self.tol * (float(torch.linalg.vector_norm(z.double())) + self.nu):
+            beta = alpha / span.sq_distances(a).sqrt().clamp(min=self.nu)
+            a_new = beta / beta.sum()
+            moved = span.sq_norm_of_combination(a_new - a) ** 0.5
+            a = a_new
+            if moved <= self.tol * (span.sq_norm(a) ** 0.5 + self.nu):
                 break
-        return z
+        return span.combine(a)

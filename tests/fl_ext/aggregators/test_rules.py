@@ -39,6 +39,9 @@ def inputs(kind, n=N, d=D, seed=0):
         x = x * 1e-30
     elif kind == "duplicated":
         x[5:10] = x[4]
+    elif kind == "huge_and_duplicated":  # Byzantine rows 1e30 away, honest mode exactly repeated
+        x[:F] = rng.normal(size=(F, d)) * 1e30
+        x[5:12] = x[4]
     elif kind == "near_identical":
         x = 1e3 + rng.normal(size=(1, d)) * 10 + rng.normal(size=(n, d)) * 1e-3
     elif kind == "offset":
@@ -46,7 +49,7 @@ def inputs(kind, n=N, d=D, seed=0):
     return torch.tensor(x, dtype=torch.float32)
 
 
-KINDS = ["random", "huge", "tiny", "duplicated", "near_identical", "offset"]
+KINDS = ["random", "huge", "tiny", "duplicated", "huge_and_duplicated", "near_identical", "offset"]
 
 RULES = {
     "mean": (WeightedMean, lambda x: x.mean(axis=0)),
@@ -60,6 +63,10 @@ RULES = {
     "centered_clipping": (
         lambda: CenteredClipping(f=F, tau=2.0, iterations=3),
         lambda x: ref.centered_clipping(x, np.zeros(x.shape[1]), 2.0, 3),
+    ),
+    "centered_clipping_direct": (  # <= 2 iterations take the two-pass form
+        lambda: CenteredClipping(f=F, tau=0.01, iterations=2),
+        lambda x: ref.centered_clipping(x, np.zeros(x.shape[1]), 0.01, 2),
     ),
 }
 
