@@ -85,6 +85,7 @@ def build(experiment: Experiment) -> Built:
             preagg=[
                 build_from_spec(spec, PreAggregator) for spec in (conf.get("preagg") or {}).values()
             ],
+            device=conf.get("aggregation_device", "auto"),
         )
         reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
         strategy = instantiate(

@@ -13,14 +13,36 @@ from fl_ext.preagg.base import PreAggregator
 _SEARCH_LIMIT = 100_000
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the GPU when one is present, else the CPU; a named GPU must exist."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string (auto, cpu, cuda, cuda:N), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r} requested but this machine has {count} GPU(s)")
+    return resolved
+
+
 class RobustAggregation:
     """``rule(preagg_k(...preagg_1(updates)))``.
 
     Client weights reach the rule only when no pre-aggregator changed the rows (after mixing
-    or bucketing a row no longer belongs to one client).
+    or bucketing a row no longer belongs to one client). The work runs on ``device``
+    (``auto``: the GPU when present); the result and the state come back to the caller's device.
     """
 
-    def __init__(self, *, rule: Aggregator, preagg: Sequence[PreAggregator] = ()) -> None:
+    def __init__(
+        self, *, rule: Aggregator, preagg: Sequence[PreAggregator] = (), device: str = "auto"
+    ) -> None:
         if not isinstance(rule, Aggregator):
             raise ValueError(f"rule must be an Aggregator, got {type(rule).__name__}")
         for p in preagg:
@@ -28,6 +50,7 @@ class RobustAggregation:
                 raise ValueError(f"pre-aggregators must be PreAggregator, got {type(p).__name__}")
         self.rule = rule
         self.preagg = tuple(preagg)
+        self.device = resolve_device(device)
 
     @property
     def needs_reference(self) -> bool:
@@ -69,8 +92,15 @@ class RobustAggregation:
     ) -> torch.Tensor:
         check_updates(updates, weights)  # once here; pre-aggregators keep values finite
         self.check_n(updates.shape[0])
-        x = updates
+        state = state or AggregatorState()
+        home = updates.device
+        x = updates.to(self.device)
+        state.center = None if state.center is None else state.center.to(self.device)
+        state.reference = None if state.reference is None else state.reference.to(self.device)
         for p in self.preagg:
             x = p(x, state)
         used = weights if not self.preagg and self.rule.uses_weights else None
-        return self.rule.aggregate_with_state(x, used, state or AggregatorState())
+        out = self.rule.aggregate_with_state(x, used, state)
+        state.center = None if state.center is None else state.center.to(home)
+        state.reference = None if state.reference is None else state.reference.to(home)
+        return out.to(home)

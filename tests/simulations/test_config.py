@@ -107,6 +107,8 @@ def test_unknown_aggregator_and_preagg_list_options():
         (["aggregator=centered_clipping", "aggregator.tau=0"], "tau"),
         (["preagg=[bucketing]", "preagg.bucketing.s=0"], "bucket size"),
         (["preagg=[clip]", "preagg.clip.c=0"], "clipping threshold"),
+        (["aggregation_device=tpu"], r"'tpu' is not one of auto, cpu, cuda, cuda:N"),
+        (["aggregation_device=cuda:7"], r"'cuda:7' requested but this machine has \d+ GPU"),
     ],
 )
 def test_invalid_aggregation_parameters(overrides, match):

@@ -256,3 +256,24 @@ def test_non_finite_rows_are_refused(bad):
     x[2, 3] = bad
     with pytest.raises(ValueError, match="NaN or Inf"):
         CoordinateMedian(f=1)(x)
+
+
+def test_device_cpu_and_auto_give_the_same_result_and_keep_the_state_home():
+    x = inputs("random")
+    state = AggregatorState(center=torch.ones(D))
+    out_cpu = RobustAggregation(rule=CenteredClipping(f=F, tau=1.0), device="cpu")(
+        x, None, AggregatorState(center=torch.ones(D))
+    )
+    out_auto = RobustAggregation(rule=CenteredClipping(f=F, tau=1.0), device="auto")(x, None, state)
+    assert torch.allclose(out_cpu, out_auto) and out_auto.device == x.device
+    assert state.center is not None and state.center.device == x.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+@pytest.mark.parametrize("name", list(RULES))
+def test_cuda_matches_cpu(name):
+    make, _ = RULES[name]
+    x = inputs("near_identical")
+    cpu = RobustAggregation(rule=make(), device="cpu")(x)
+    gpu = RobustAggregation(rule=make(), device="cuda")(x)
+    _close(gpu, cpu.double().numpy())
