@@ -3,7 +3,8 @@
 Train: ArrayRecord -> list of ndarrays -> ``fit`` -> ArrayRecord (same array names, in
 order) + MetricRecord with ``num-examples``. Evaluate: ``evaluate`` -> MetricRecord with
 ``loss``, ``num-examples`` and the client's metrics. A client exception becomes Flower's
-error reply, which the strategy counts as a failed client.
+error reply, which the strategy counts as a failed client; a client whose privacy budget is
+spent declines with error code :data:`DECLINED` and the reason.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
+from fl_ext.privacy.dp_sgd import DECLINED, BudgetExhausted
 from strategies.records import named_array_record
 
 ClientFn = Callable[[Context, dict[str, Any]], NumPyClient]
@@ -36,7 +38,10 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     """Run ``fit`` and wrap its result as the reply to ``msg``."""
     names, arrays, config = _inputs(msg)
     client = client_fn(context, config)
-    new_arrays, num_examples, metrics = client.fit(arrays, config)
+    try:
+        new_arrays, num_examples, metrics = client.fit(arrays, config)
+    except BudgetExhausted as err:
+        return Message(Error(code=DECLINED, reason=str(err)), reply_to=msg)
     if len(new_arrays) != len(names):
         raise ValueError(f"fit returned {len(new_arrays)} arrays, expected {len(names)}")
     content = RecordDict(

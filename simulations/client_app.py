@@ -11,7 +11,7 @@ from typing import Any
 
 from flwr.app import Context
 
-from clients import SgdClient, numpy_client_app
+from clients import DpSgdClient, SgdClient, numpy_client_app
 from fl_ext.data.federated import client_data
 from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
@@ -35,7 +35,10 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
         input_shape=data.input_shape,
         num_classes=data.num_classes,
     )
-    return SgdClient(model=model, train=data.train, test=data.test, partition_id=partition_id)
+    parts = {"model": model, "train": data.train, "test": data.test, "partition_id": partition_id}
+    if config.get("dp-mode") == "dp_sgd":
+        return DpSgdClient(state=context.state, **parts)
+    return SgdClient(**parts)
 
 
 app = numpy_client_app(client_fn)

@@ -18,7 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("strategy", "aggregator", "attack", "dataset", "partition", "model", "tracking")
+GROUPS = (
+    "strategy",
+    "aggregator",
+    "attack",
+    "privacy",
+    "dataset",
+    "partition",
+    "model",
+    "tracking",
+)
 
 
 class ConfigError(ValueError):
@@ -130,7 +139,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("round_timeout", "node_wait_timeout"):
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
-    for group in (g for g in GROUPS if g != "attack"):
+    for group in (g for g in GROUPS if g not in ("attack", "privacy")):  # plain settings
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
     for name, spec in (c.get("preagg") or {}).items():
         _require(

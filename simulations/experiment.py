@@ -9,6 +9,7 @@ was logged so far.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -40,6 +41,7 @@ from fl_ext.tracking.flatten import flatten
 from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
 from simulations.config import ConfigError, Experiment
+from simulations.privacy_build import build_privacy
 from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
@@ -88,11 +90,13 @@ def build(experiment: Experiment) -> Built:
             device=conf.get("aggregation_device", "auto"),
         )
         reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
+        privacy = build_privacy(conf, split, model)
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
             byzantine=build_attack(conf["attack"], conf["seed"]),
             reference_update=reference,
+            privacy=privacy,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -230,6 +234,8 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
             evaluate_fn=lambda rnd, arrays: central_evaluate(built, rnd, arrays),
             on_round_end=tracker.log_metrics,
         )
+        if built.strategy.stop_reason is not None:
+            tracker.set_tags({"privacy.stopped": built.strategy.stop_reason[:5000]})
         finish(built, result, num_clients=len(nodes))
     except BaseException as err:
         try:
@@ -277,6 +283,18 @@ def finish(built: Built, result: Result, *, num_clients: int) -> None:
         "final_test_accuracy": f"{final_acc:.4f}",
         "fl_ext_version": fl_ext.__version__,
     }
+    privacy = built.strategy.privacy
+    if privacy is not None:
+        ledger = privacy.ledger
+        fl_tags.update(
+            {
+                "privacy": privacy.mode,
+                "dp_delta": f"{ledger.delta:g}",
+                "dp_accountant": ledger.accountant,
+                **{k: f"{v:.4f}" for k, v in ledger.metrics().items() if k != "dp_delta"},
+            }
+        )
+        tracker.log_text(json.dumps(ledger.to_json(), indent=1), "privacy_ledger.json")
     registered = cfg.tracking.get("registered_model_name") or (
         f"fl-ext-{exp.choices['dataset']}-{exp.choices['model']}"
     )

@@ -32,10 +32,12 @@ from fl_ext.aggregators import (
     capped_example_weights,
 )
 from fl_ext.params import ParamSpec
+from fl_ext.privacy.dp_sgd import DECLINED
 from fl_ext.selection import UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
+from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.records import named_array_record, record_to_named
 from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
 from strategies.round_log import RoundLog
@@ -65,6 +67,10 @@ class FlExtFedAvg(FedAvg):
     aggregation : the rule (and pre-aggregation chain) applied to the updates; FedAvg's
         weighted mean by default. A round needs ``aggregation.min_inputs()`` valid updates.
     node_wait_timeout : seconds to wait for ``min_available_nodes`` before failing.
+    privacy : client-level DP (Poisson sampling, clipping and noise replace selection and the
+        rule; every round is released and accounted, even with few replies) or sample-level
+        DP-SGD in the clients; either keeps the privacy ledger and stops training before a
+        budget is exceeded (``stop_reason`` says why).
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class FlExtFedAvg(FedAvg):
         aggregation: RobustAggregation | Aggregator | None = None,
         byzantine: ByzantineSimulation | None = None,
         reference_update: ReferenceFn | None = None,
+        privacy: PrivacyPlan | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -119,14 +126,7 @@ class FlExtFedAvg(FedAvg):
         self.weight_cap_factor = weight_cap_factor
         self.max_update_norm = max_update_norm
         self.node_wait_timeout = float(node_wait_timeout)
-        if aggregation is None:
-            aggregation = WeightedMean()
-        if isinstance(aggregation, Aggregator):
-            aggregation = RobustAggregation(rule=aggregation)
-        if not isinstance(aggregation, RobustAggregation):
-            raise ValueError(
-                f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
-            )
+        aggregation = _as_pipeline(aggregation)
         self.aggregation = aggregation
         if aggregation.needs_reference and reference_update is None:
             raise ValueError(
@@ -146,6 +146,11 @@ class FlExtFedAvg(FedAvg):
             if fraction_evaluate > 0
             else None
         )
+        if privacy is not None:
+            privacy.check_aggregation(aggregation)
+        self.privacy = privacy
+        self.stop_reason: str | None = None
+        self._num_available = 0
         self.round_log = RoundLog(0)
         self._spec: ParamSpec | None = None
         self._global_flat: torch.Tensor | None = None
@@ -154,7 +159,8 @@ class FlExtFedAvg(FedAvg):
     # ------------------------------------------------------------------ hooks
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
         """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
-        return {"server-round": server_round}
+        privacy = self.privacy.train_entries() if self.privacy is not None else {}
+        return {"server-round": server_round, **privacy}
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -188,13 +194,19 @@ class FlExtFedAvg(FedAvg):
         self.round_log = RoundLog(server_round)
         self._set_global(arrays)
         available = list(grid.get_node_ids())
-        if len(available) < self.min_train_nodes:
+        self._num_available = len(available)
+        eligible = self.privacy.select(available) if self.privacy is not None else available
+        if isinstance(self.privacy, ClientLevelDP):
+            selected = eligible  # Poisson sampling is the selection
+        elif len(eligible) < self.min_train_nodes:
             self.round_log.skipped = (
-                f"{len(available)} nodes connected, min_train_nodes is {self.min_train_nodes}"
+                f"{len(eligible)} nodes connected and eligible, min_train_nodes is "
+                f"{self.min_train_nodes}"
             )
             log(WARNING, "Round %d skipped: %s", server_round, self.round_log.skipped)
             return []
-        selected = self.train_selector.select(available)
+        else:
+            selected = self.train_selector.select(eligible)
         self.round_log.selected = selected
         entries = self.train_config_entries(server_round)
         record = self._record(arrays, config, entries)
@@ -222,38 +234,21 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply, aggregate the valid updates, or skip the round."""
-        replies = list(replies)
         spec, global_flat = self._require_global()
         rlog = self.round_log
-        updates = torch.empty((len(replies), spec.size), dtype=torch.float32)
-        accepted: list[TrainReply] = []
-        seen: set[int] = set()
-        for msg in replies:
-            if msg.has_content():
-                rlog.bytes_up += record_wire_bytes(msg.content)
-            node_id = msg.metadata.src_node_id
-            if msg.has_error():
-                rlog.failed += 1
-                log(INFO, "\t> node %d failed: %s", node_id, msg.error.reason)
-                continue
-            rlog.replied += 1
-            parsed = self._parse_train(msg, node_id, seen, spec)
-            if isinstance(parsed, TrainReply):
-                row = updates[len(accepted)]
-                spec.flatten(parsed.arrays, out=row).sub_(global_flat)
-                parsed = (
-                    check_update_norm(float(torch.linalg.vector_norm(row)), self.max_update_norm)
-                    or parsed
-                )
-            if isinstance(parsed, Rejection):
-                self._reject(node_id, parsed)
-                continue
-            accepted.append(parsed)
+        updates, accepted = self._collect_updates(list(replies), spec, global_flat)
 
         if self.byzantine is not None and self.byzantine.omniscient is not None:
             updates, accepted = self._inject_attack(updates, accepted)
 
         metrics = MetricRecord({"clients_valid": len(accepted)})
+        if isinstance(self.privacy, SampleLevelDP):
+            self.privacy.record(server_round, accepted)  # spent whether or not the round is used
+        if isinstance(self.privacy, ClientLevelDP):
+            delta = self.privacy.aggregate(
+                server_round, updates[: len(accepted)], self._num_available
+            )
+            return named_array_record(spec.unflatten(global_flat + delta)), metrics
         if rlog.skipped is None and len(accepted) < self.min_valid_replies():
             rlog.skipped = (
                 f"{len(accepted)} valid replies; min_train_nodes is {self.min_train_nodes} and "
@@ -369,6 +364,11 @@ class FlExtFedAvg(FedAvg):
             notify(0, initial)
         for server_round in range(1, num_rounds + 1):
             log(INFO, "")
+            if self.privacy is not None:
+                self.stop_reason = self.privacy.stop_reason(server_round, grid.get_node_ids())
+                if self.stop_reason is not None:
+                    log(WARNING, "Training stopped: %s", self.stop_reason)
+                    break
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
             metrics = self._run_round(server_round, phases)
             log(INFO, "Round %d: %s", server_round, _progress_line(metrics))
@@ -408,6 +408,8 @@ class FlExtFedAvg(FedAvg):
         phases.bytes_down += rlog.bytes_down
         phases.bytes_up += rlog.bytes_up
         metrics.update(rlog.metrics())
+        if self.privacy is not None:
+            metrics.update(self.privacy.metrics())
         metrics.update(
             bytes_down_cum=phases.bytes_down,
             bytes_up_cum=phases.bytes_up,
@@ -474,9 +476,58 @@ class FlExtFedAvg(FedAvg):
         )
         return self.aggregation(stacked, None, state)
 
+    def _collect_updates(
+        self, replies: list[Message], spec: ParamSpec, global_flat: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TrainReply]]:
+        """Check every reply; rows ``[:len(accepted)]`` of the result are the valid updates."""
+        rlog = self.round_log
+        updates = torch.empty((len(replies), spec.size), dtype=torch.float32)
+        accepted: list[TrainReply] = []
+        seen: set[int] = set()
+        for msg in replies:
+            if msg.has_content():
+                rlog.bytes_up += record_wire_bytes(msg.content)
+            node_id = msg.metadata.src_node_id
+            if msg.has_error():
+                rlog.failed += 1
+                if isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:
+                    self.privacy.declined(node_id, msg.error.reason)
+                else:
+                    log(INFO, "\t> node %d failed: %s", node_id, msg.error.reason)
+                continue
+            rlog.replied += 1
+            parsed = self._parse_train(msg, node_id, seen, spec)
+            if isinstance(parsed, TrainReply) and isinstance(self.privacy, SampleLevelDP):
+                parsed = self.privacy.check_reply(parsed) or parsed
+            if isinstance(parsed, TrainReply):
+                row = updates[len(accepted)]
+                spec.flatten(parsed.arrays, out=row).sub_(global_flat)
+                parsed = (
+                    check_update_norm(float(torch.linalg.vector_norm(row)), self.max_update_norm)
+                    or parsed
+                )
+            if isinstance(parsed, Rejection):
+                self._reject(node_id, parsed)
+                continue
+            accepted.append(parsed)
+        return updates, accepted
+
     def _reject(self, node_id: int, rejection: Rejection) -> None:
         self.round_log.rejected[rejection.reason.value] += 1
         log(WARNING, "\t> reply from node %d rejected: %s", node_id, rejection)
+
+
+def _as_pipeline(aggregation: RobustAggregation | Aggregator | None) -> RobustAggregation:
+    """FedAvg's weighted mean by default; a bare rule becomes a pipeline without pre-steps."""
+    if aggregation is None:
+        aggregation = WeightedMean()
+    if isinstance(aggregation, Aggregator):
+        aggregation = RobustAggregation(rule=aggregation)
+    if not isinstance(aggregation, RobustAggregation):
+        raise ValueError(
+            f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
+        )
+    return aggregation
 
 
 def _check_range(

@@ -68,7 +68,7 @@ def check_accountant(name: str) -> str:
     return name
 
 
-def _merged(history: Sequence[GaussianSteps]) -> tuple[GaussianSteps, ...]:
+def merged_history(history: Sequence[GaussianSteps]) -> tuple[GaussianSteps, ...]:
     """Adjacent entries with the same (sigma, q) merged: composition only adds steps."""
     out: list[GaussianSteps] = []
     for h in history:
@@ -88,7 +88,7 @@ def compute_epsilon(history: Sequence[GaussianSteps], delta: float, accountant: 
     """Epsilon of the composed history at ``delta``; ``inf`` if some step had no noise."""
     check_delta(delta)
     check_accountant(accountant)
-    merged = _merged(history)
+    merged = merged_history(history)
     if not merged:
         return 0.0
     if any(h.noise_multiplier == 0 for h in merged):

@@ -1,0 +1,239 @@
+"""The strategy's privacy side: client-level DP (server mechanism) or sample-level DP-SGD.
+
+Both keep one :class:`PrivacyLedger` (the only source of epsilon figures) and give the strategy
+the same hooks: ``stop_reason`` before a round (check), ``eligible`` nodes for selection,
+``train_entries`` for the train ConfigRecord, and a per-round record after aggregation (apply,
+record). Client-level DP replaces the aggregation rule by the Gaussian mechanism on clipped
+updates and selects clients by Poisson sampling, so subsampling amplification applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.supercore import log
+
+from fl_ext.aggregators import RobustAggregation, WeightedMean
+from fl_ext.privacy import (
+    AdaptiveClipping,
+    ClientLevelGaussian,
+    GaussianSteps,
+    PrivacyLedger,
+)
+from fl_ext.privacy.accountants import merged_history
+from fl_ext.validation import Rejection, RejectReason
+from strategies.replies import TrainReply
+
+
+class ClientLevelDP:
+    """DP-FedAvg at the server: Poisson client sampling at ``sample_rate``, clip, noise."""
+
+    mode = "client_level"
+
+    def __init__(
+        self,
+        *,
+        ledger: PrivacyLedger,
+        noise_multiplier: float,
+        sample_rate: float,
+        clip: float,
+        adaptive: AdaptiveClipping | None = None,
+        selection_seed: int = 0,
+        noise_seed: int | None = None,
+    ) -> None:
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"privacy sample_rate (q) must be in (0, 1], got {sample_rate}")
+        if not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"privacy clip (C) must be > 0, got {clip}")
+        self.ledger = ledger
+        self.sample_rate = float(sample_rate)
+        self.clip = float(clip)
+        self.adaptive = adaptive
+        ClientLevelGaussian(noise_multiplier, 1.0, adaptive)  # validates sigma and the split
+        self.noise_multiplier = float(noise_multiplier)
+        self.rng = np.random.default_rng(selection_seed)
+        seed = noise_seed if noise_seed is not None else secrets.randbits(63)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last: dict[str, float] = {}
+
+    def check_aggregation(self, aggregation: RobustAggregation) -> None:
+        """The mechanism replaces the rule: only the plain mean without pre-aggregation fits."""
+        if aggregation.preagg or not isinstance(aggregation.rule, WeightedMean):
+            raise ValueError(
+                "client-level DP replaces the aggregation rule by its Gaussian mechanism; it "
+                f"cannot be combined with {aggregation.describe()} (use aggregator=mean, "
+                "preagg=[])"
+            )
+
+    def entry(self) -> GaussianSteps:
+        """One round: the Poisson-subsampled Gaussian mechanism, once."""
+        return GaussianSteps(self.noise_multiplier, self.sample_rate, 1)
+
+    def stop_reason(self, server_round: int, available: Sequence[int]) -> str | None:
+        """Why training must stop before this round (the budget), or None."""
+        if self.ledger.client_level_fits(self.entry()):
+            return None
+        return (
+            f"privacy budget reached: round {server_round} would take client-level epsilon "
+            f"to {self.ledger.client_level_epsilon(self.entry()):.4g} > target "
+            f"{self.ledger.target_epsilon} (delta {self.ledger.delta:g}); stopped before it"
+        )
+
+    def select(self, available: Sequence[int]) -> list[int]:
+        """Each node independently with probability q (Poisson sampling)."""
+        nodes = sorted(available)
+        draws = self.rng.random(len(nodes))
+        return [n for n, u in zip(nodes, draws, strict=True) if u < self.sample_rate]
+
+    def train_entries(self) -> dict[str, Any]:
+        return {}
+
+    def aggregate(
+        self, server_round: int, updates: torch.Tensor, num_available: int
+    ) -> torch.Tensor:
+        """Noised average of the clipped updates; records the spend in the ledger."""
+        expected = self.sample_rate * num_available
+        mechanism = ClientLevelGaussian(self.noise_multiplier, expected, self.adaptive)
+        delta, next_clip, figures = mechanism(updates, self.clip, self.generator)
+        details = {
+            **figures,
+            "dp_noise_multiplier": self.noise_multiplier,
+            "dp_sample_rate": self.sample_rate,
+            "dp_expected_clients": expected,
+        }
+        self.ledger.record_round(
+            server_round,
+            mechanism="client_level_gaussian",
+            client_level=self.entry(),
+            details=details,
+        )
+        self.clip = next_clip
+        self.last = {k: float(v) for k, v in details.items()}
+        return delta
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.last, **self.ledger.metrics()}
+
+
+def parse_dp_metrics(reply: TrainReply) -> tuple[str, GaussianSteps] | Rejection:
+    """The (client key, spend) a DP-SGD reply reports, or why it is unusable."""
+    m = reply.metrics
+    try:
+        client = m["dp-client"]
+        entry = GaussianSteps(
+            float(m["dp-noise-multiplier"]), float(m["dp-sample-rate"]), int(m["dp-steps"])
+        )
+    except KeyError as err:
+        return Rejection(RejectReason.BAD_METRIC, f"DP-SGD reply lacks {err.args[0]!r}")
+    except (TypeError, ValueError) as err:
+        return Rejection(RejectReason.BAD_METRIC, f"DP-SGD figures unusable: {err}")
+    if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+        return Rejection(RejectReason.BAD_METRIC, f"dp-client must be an int >= 0, got {client!r}")
+    return str(client), entry
+
+
+class SampleLevelDP:
+    """DP-SGD in every client; the server records spends, skips clients whose budget is spent."""
+
+    mode = "dp_sgd"
+
+    def __init__(
+        self,
+        *,
+        ledger: PrivacyLedger,
+        max_grad_norm: float,
+        planned_rounds: int,
+        noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
+        grad_sample_mode: str = "ghost",
+    ) -> None:
+        if noise_multiplier is None and target_epsilon is None:
+            raise ValueError("DP-SGD needs privacy.noise_multiplier or privacy.target_epsilon")
+        self.ledger = ledger
+        self.entries = {
+            "dp-mode": "dp_sgd",
+            "dp-max-grad-norm": float(max_grad_norm),
+            "dp-delta": ledger.delta,
+            "dp-accountant": ledger.accountant,
+            "dp-target-epsilon": float(target_epsilon or 0.0),
+            "dp-noise-multiplier": -1.0 if noise_multiplier is None else float(noise_multiplier),
+            "dp-planned-rounds": int(planned_rounds),
+            "dp-grad-sample-mode": grad_sample_mode,
+        }
+        self.target_epsilon = target_epsilon
+        self.node_keys: dict[int, str] = {}
+        self.exhausted: set[int] = set()
+        self.last: dict[str, float] = {}
+
+    def check_aggregation(self, aggregation: RobustAggregation) -> None:
+        """DP-SGD happens in the clients: any rule may aggregate their updates."""
+
+    def stop_reason(self, server_round: int, available: Sequence[int]) -> str | None:
+        if available and all(n in self.exhausted for n in available):
+            return (
+                f"privacy budget reached: every client's sample-level budget "
+                f"{self.target_epsilon} is spent; stopped before round {server_round}"
+            )
+        return None
+
+    def select(self, available: Sequence[int]) -> list[int]:
+        """Nodes whose budget is not known to be spent (the base selector then picks)."""
+        return [n for n in available if n not in self.exhausted]
+
+    def train_entries(self) -> dict[str, Any]:
+        spent = {
+            c: [e.as_list() for e in merged_history(h)] for c, h in self.ledger.sample_level.items()
+        }
+        return {**self.entries, "dp-spent": json.dumps(spent)}
+
+    def declined(self, node_id: int, reason: str) -> None:
+        self.exhausted.add(node_id)
+        log(INFO, "\t> node %d declined: %s", node_id, reason)
+
+    def record(self, server_round: int, accepted: list[TrainReply]) -> None:
+        """Add every accepted client's spend to the ledger; check what clients claim."""
+        spends: dict[str, GaussianSteps] = {}
+        for reply in accepted:
+            parsed = parse_dp_metrics(reply)
+            assert not isinstance(parsed, Rejection)  # filtered by check_reply
+            key, entry = parsed
+            spends[key] = entry
+            self.node_keys[reply.node_id] = key
+        self.ledger.record_round(server_round, mechanism="dp_sgd", sample_level=spends)
+        for reply in accepted:
+            key = self.node_keys[reply.node_id]
+            eps = self.ledger.sample_level_epsilon(key)
+            claimed = float(reply.metrics.get("dp-epsilon", math.nan))
+            if not math.isclose(claimed, eps, rel_tol=0.01):
+                log(
+                    WARNING,
+                    "client %s reports epsilon %.4g, the ledger has %.4g",
+                    key,
+                    claimed,
+                    eps,
+                )
+            if self.target_epsilon is not None and eps > self.target_epsilon * (1 + 1e-9):
+                log(WARNING, "client %s spent epsilon %.4g past its budget", key, eps)
+                self.exhausted.add(reply.node_id)
+            elif self.target_epsilon is not None:
+                last = self.ledger.sample_level[key][-1]
+                if not self.ledger.sample_level_fits(key, last):
+                    self.exhausted.add(reply.node_id)  # its next round would not fit
+        self.last = {"dp_clients_exhausted": float(len(self.exhausted))}
+
+    def check_reply(self, reply: TrainReply) -> Rejection | None:
+        parsed = parse_dp_metrics(reply)
+        return parsed if isinstance(parsed, Rejection) else None
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.last, **self.ledger.metrics()}
+
+
+PrivacyPlan = ClientLevelDP | SampleLevelDP
