@@ -47,14 +47,14 @@ def test_client_level_dp_trains_accounts_and_logs(private_homes):
     assert history[0].value < history[-1].value
     ledger = json.loads((private_homes / "fl-ext-home/privacy/fl-ext/ledger.json").read_text())
     assert [r["round"] for r in ledger["rounds"]] == [1, 2, 3, 4]
-    version = client.get_model_version(f"fl-ext-digits-mlp", 1)
+    version = client.get_model_version("fl-ext-digits-mlp", 1)
     assert float(version.tags["dp_epsilon_client_level"]) == pytest.approx(want, rel=1e-3)
     assert version.tags["privacy"] == "client_level"
 
 
 def test_tight_budget_stops_at_the_last_round_that_fits(private_homes):
     budget = compute_epsilon([GaussianSteps(1.0, 0.5, 2)], 1e-5, "rdp") * 1.0001
-    built, client, found = _run(
+    _built, client, found = _run(
         [
             "privacy=client_level",
             "privacy.noise_multiplier=1.0",
@@ -71,7 +71,7 @@ def test_tight_budget_stops_at_the_last_round_that_fits(private_homes):
 
 
 def test_dp_sgd_clients_spend_and_the_ledger_keeps_it(private_homes):
-    built, client, found = _run(
+    built, _client, found = _run(
         [
             "privacy=dp_sgd",
             "privacy.target_epsilon=50",
@@ -95,7 +95,7 @@ def test_dp_sgd_clients_spend_and_the_ledger_keeps_it(private_homes):
 
 def test_dp_sgd_client_declines_when_its_budget_is_spent(private_homes):
     # sigma fixed: each round spends the same; the budget holds one round and a half.
-    _, client, found = _run(
+    _, _client, found = _run(
         [
             "privacy=dp_sgd",
             "privacy.noise_multiplier=1.0",
