@@ -130,3 +130,21 @@ def test_dp_sgd_client_declines_when_its_budget_is_spent(private_homes):
 def test_bad_privacy_settings_fail_at_start(overrides, match):
     with pytest.raises(ConfigError, match=match):
         build(compose_experiment([*BASE, *overrides, "tracking=none"]))
+
+
+def test_restarted_run_continues_the_ledger(private_homes):
+    overrides = [
+        "privacy=client_level",
+        "privacy.noise_multiplier=1.0",
+        "privacy.target_epsilon=null",
+        "privacy.sample_rate=0.5",
+        "num_rounds=2",
+        "tracking=none",
+    ]
+    for _ in range(2):
+        built = build(compose_experiment([*BASE, *overrides]))
+        run(InProcessGrid(client_app, 4), built)
+    ledger = built.strategy.privacy.ledger
+    assert len(ledger.rounds) == 4
+    want = compute_epsilon([GaussianSteps(1.0, 0.5, 4)], 1e-5, "rdp")
+    assert ledger.client_level_epsilon() == pytest.approx(want)
