@@ -40,7 +40,7 @@ def _reference_step(model, data, clip, lr):
         norm = torch.sqrt(sum((g * g).sum() for g in grads))
         scale = min(1.0, clip / float(norm))
         for t, g in zip(total, grads, strict=True):
-            t += g * scale
+            t.add_(g * scale)
     return [p.detach() - lr * t / len(data) for p, t in zip(ref.parameters(), total, strict=True)]
 
 
