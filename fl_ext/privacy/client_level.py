@@ -95,7 +95,8 @@ class ClientLevelGaussian:
         )
         noise = torch.randn(total.shape, generator=generator, dtype=torch.float64)
         out = (total + noise * (sigma_update * clip)) / self.expected_clients
-        figures = {"dp_clip": clip, "dp_clipped_fraction": float((norms > clip).double().mean())}
+        clipped = float((norms > clip).double().mean()) if len(norms) else 0.0
+        figures = {"dp_clip": clip, "dp_clipped_fraction": clipped, "dp_participants": len(norms)}
         next_clip = clip
         if self.adaptive is not None:
             # Centred bits b_i - 1/2 have sensitivity 1/2 under adding/removing a client.

@@ -64,3 +64,11 @@ def test_adaptive_noise_split_and_bad_values():
         ClientLevelGaussian(noise_multiplier=1.0, expected_clients=0)
     with pytest.raises(ValueError, match="clipping bound"):
         ClientLevelGaussian(noise_multiplier=1.0, expected_clients=1)(torch.ones(2, 2), 0.0, _gen())
+
+
+def test_no_participant_releases_pure_noise():
+    out, clip, figures = ClientLevelGaussian(noise_multiplier=1.0, expected_clients=2.0)(
+        torch.zeros(0, 1000), 1.0, _gen()
+    )
+    assert figures["dp_participants"] == 0 and figures["dp_clipped_fraction"] == 0.0
+    assert float(out.std()) == pytest.approx(0.5, rel=0.1) and clip == 1.0
