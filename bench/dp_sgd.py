@@ -6,7 +6,7 @@ MNIST-5k images (real, 1x28x28), batch 64, MLP (200-200) and the small CNN. Prin
 and thread count: samples per second and the slowdown against plain SGD on the same samples.
 "Opacus defaults" is ``PrivacyEngine().make_private(...)`` with its default per-sample
 gradients (hooks) and Poisson sampling; "fl-ext default" is :func:`train_dp_sgd` with the
-configured default (``privacy.grad_sample_mode=ghost``). The malloc setting in effect is
+configured default (``privacy.grad_sample_mode=fused``). The malloc setting in effect is
 printed (see DESIGN.md: freed memory kept or returned to the OS changes these figures).
 """
 
@@ -103,7 +103,7 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             runs = {"no DP": no_dp, "Opacus defaults (hooks)": opacus_defaults}
-            runs["fl-ext default (ghost)"] = fl_ext_default
+            runs["fl-ext default (fused)"] = fl_ext_default
             for fn in runs.values():  # warm-up: first-call costs out of the timing
                 fn(kind, ArrayDataset(data.x[:BATCH], data.y[:BATCH]), 1)
             base = None

@@ -37,7 +37,7 @@ def dp_config(config: dict[str, Any]) -> DpSgdConfig:
         target_epsilon=target if target > 0 else None,
         noise_multiplier=sigma if sigma >= 0 else None,
         planned_rounds=int(config.get("dp-planned-rounds", 1)),
-        grad_sample_mode=str(config.get("dp-grad-sample-mode", "ghost")),
+        grad_sample_mode=str(config.get("dp-grad-sample-mode", "fused")),
     )
 
 

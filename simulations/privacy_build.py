@@ -69,12 +69,12 @@ def build_privacy(
     num_rounds = int(conf["num_rounds"])
     if mode == "client_level":
         return _client_level(p, conf, path, float(delta), target, sigma, num_rounds)
-    grad_mode = p.get("grad_sample_mode", "ghost")
+    grad_mode = p.get("grad_sample_mode", "fused")
     if grad_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(
             f"privacy.grad_sample_mode {grad_mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}"
         )
-    check_model(model)
+    check_model(model, grad_mode)
     ledger = PrivacyLedger.open(
         path, accountant=str(p["accountant"]), delta=float(delta), client_target_epsilon=target
     )

@@ -152,7 +152,7 @@ class SampleLevelDP:
         planned_rounds: int,
         noise_multiplier: float | None = None,
         target_epsilon: float | None = None,
-        grad_sample_mode: str = "ghost",
+        grad_sample_mode: str = "fused",
     ) -> None:
         if noise_multiplier is None and target_epsilon is None:
             raise ValueError("DP-SGD needs privacy.noise_multiplier or privacy.target_epsilon")

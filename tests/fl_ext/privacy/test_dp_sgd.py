@@ -44,7 +44,7 @@ def _reference_step(model, data, clip, lr):
     return [p.detach() - lr * t / len(data) for p, t in zip(ref.parameters(), total, strict=True)]
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks", "functorch"])
+@pytest.mark.parametrize("mode", ["fused", "ghost", "hooks", "functorch"])
 def test_noiseless_step_equals_float64_per_sample_clipping(mode):
     torch.manual_seed(0)
     model = MLP(input_shape=(1, 4, 4), num_classes=3, hidden=(8,))
@@ -115,3 +115,38 @@ def test_bad_dp_sgd_settings(kwargs, match):
     settings = {"max_grad_norm": 1.0, "delta": 1e-5, "noise_multiplier": 1.0, **kwargs}
     with pytest.raises(ValueError, match=match):
         DpSgdConfig(**settings)
+
+
+def test_fused_clipping_of_a_cnn_matches_float64():
+    from fl_ext.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(input_shape=(1, 8, 8), num_classes=3)
+    data = _data(n=10)
+    data = ArrayDataset(
+        np.random.default_rng(1).normal(size=(10, 1, 8, 8)).astype(np.float32), data.y
+    )
+    ref = SmallCNN(input_shape=(1, 8, 8), num_classes=3).double()
+    ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    total = [torch.zeros_like(p) for p in ref.parameters()]
+    for i in range(len(data)):
+        ref.zero_grad()
+        out = ref(torch.from_numpy(data.x[i : i + 1]).double())
+        nn.functional.cross_entropy(out, torch.from_numpy(data.y[i : i + 1])).backward()
+        grads = [p.grad for p in ref.parameters()]
+        scale = min(1.0, 0.1 / float(torch.sqrt(sum((g * g).sum() for g in grads))))
+        for t, g in zip(total, grads, strict=True):
+            t.add_(g * scale)
+    dp = DpSgdConfig(max_grad_norm=0.1, delta=1e-5, noise_multiplier=0.0)
+    train = TrainConfig(epochs=1, batch_size=len(data), lr=1.0)
+    train_dp_sgd(model, data, train=train, dp=dp, history=[], noise_multiplier=0.0)
+    for got, p, t in zip(model.parameters(), ref.parameters(), total, strict=True):
+        want = (p.detach() - t / len(data)).numpy()
+        np.testing.assert_allclose(got.detach().double().numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_refuses_layers_it_cannot_clip():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"Linear and Conv2d layers only, not 2 \(LayerNorm\)"):
+        check_model(model, "fused")
+    check_model(model, "ghost")  # Opacus handles LayerNorm
