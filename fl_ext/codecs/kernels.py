@@ -1,0 +1,168 @@
+"""numba kernels for the codecs: blockwise quantization, threshold selection, bit packing.
+
+Parallel over blocks, one pass over the input where the job allows. Stochastic rounding draws
+its uniforms from a counter-based hash (splitmix64 of seed + index), so results do not depend
+on the thread count and are reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+_U53 = 1.0 / (1 << 53)
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(seed: np.uint64, i: int) -> float:
+    z = np.uint64(seed) + np.uint64(i + 1) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * _U53
+
+
+@numba.njit(cache=True, parallel=True)
+def quantize_blocks(  # noqa: PLR0917  (a kernel: positional for numba)
+    x: np.ndarray, block: int, levels: int, stochastic: bool, seed: np.uint64,
+    q: np.ndarray, scales: np.ndarray,
+) -> None:  # fmt: skip
+    """Per block: scale = absmax / levels; q = round(x / scale) in [-levels, levels]."""
+    d = x.shape[0]
+    for b in prange(scales.shape[0]):
+        start = b * block
+        stop = min(start + block, d)
+        m = np.float32(0.0)
+        for i in range(start, stop):
+            a = abs(x[i])
+            m = max(m, a)
+        scale = m / np.float32(levels)
+        scales[b] = scale
+        inv = np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+        for i in range(start, stop):
+            v = x[i] * inv
+            if stochastic:
+                r = np.floor(v + _uniform(seed, i))
+            else:
+                r = np.floor(v + np.float32(0.5))
+            q[i] = max(-levels, min(levels, int(r)))
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_blocks(q: np.ndarray, scales: np.ndarray, block: int, out: np.ndarray) -> None:
+    """``out[i] = q[i] * scale of its block``."""
+    d = q.shape[0]
+    for b in prange(scales.shape[0]):
+        s = scales[b]
+        for i in range(b * block, min((b + 1) * block, d)):
+            out[i] = np.float32(q[i]) * s
+
+
+@numba.njit(cache=True, parallel=True)
+def pack_nibbles(q: np.ndarray, out: np.ndarray) -> None:
+    """Two values in [-8, 7] per byte (low nibble first)."""
+    n = q.shape[0]
+    for j in prange(out.shape[0]):
+        lo = (q[2 * j] + 8) & 0xF
+        hi = ((q[2 * j + 1] + 8) & 0xF) if 2 * j + 1 < n else 8
+        out[j] = np.uint8(lo | (hi << 4))
+
+
+@numba.njit(cache=True, parallel=True)
+def unpack_nibbles(packed: np.ndarray, n: int, out: np.ndarray) -> None:
+    """Inverse of :func:`pack_nibbles`."""
+    for j in prange(packed.shape[0]):
+        byte = packed[j]
+        out[2 * j] = np.int8((byte & 0xF) - 8)
+        if 2 * j + 1 < n:
+            out[2 * j + 1] = np.int8((byte >> 4) - 8)
+
+
+_CHUNK = 1 << 16
+
+
+@numba.njit(cache=True, parallel=True)
+def select_above(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ascending) and values of the entries with ``|x| >= threshold``."""
+    d = x.shape[0]
+    chunks = (d + _CHUNK - 1) // _CHUNK
+    counts = np.zeros(chunks + 1, dtype=np.int64)
+    for c in prange(chunks):
+        n = 0
+        for i in range(c * _CHUNK, min((c + 1) * _CHUNK, d)):
+            if abs(x[i]) >= threshold:
+                n += 1
+        counts[c + 1] = n
+    for c in range(chunks):
+        counts[c + 1] += counts[c]
+    idx = np.empty(counts[chunks], dtype=np.int64)
+    val = np.empty(counts[chunks], dtype=np.float32)
+    for c in prange(chunks):
+        k = counts[c]
+        for i in range(c * _CHUNK, min((c + 1) * _CHUNK, d)):
+            if abs(x[i]) >= threshold:
+                idx[k] = i
+                val[k] = x[i]
+                k += 1
+    return idx, val
+
+
+@numba.njit(cache=True)
+def pack_gaps(idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """Ascending indices as fixed-width gaps (first: the index itself) in a bit stream."""
+    n = idx.shape[0]
+    width = 1
+    prev = -1
+    for i in range(n):
+        gap = idx[i] - prev
+        while gap >= (np.int64(1) << width):
+            width += 1
+        prev = idx[i]
+    out = np.zeros((n * width + 7) // 8, dtype=np.uint8)
+    bit = 0
+    prev = -1
+    for i in range(n):
+        gap = idx[i] - prev - 1  # >= 0 for strictly ascending indices
+        prev = idx[i]
+        for b in range(width):
+            if (gap >> b) & 1:
+                out[bit >> 3] |= np.uint8(1 << (bit & 7))
+            bit += 1
+    return out, width
+
+
+@numba.njit(cache=True)
+def unpack_gaps(packed: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_gaps`."""
+    idx = np.empty(n, dtype=np.int64)
+    bit = 0
+    prev = np.int64(-1)
+    for i in range(n):
+        gap = np.int64(0)
+        for b in range(width):
+            if (packed[bit >> 3] >> (bit & 7)) & 1:
+                gap |= np.int64(1) << b
+            bit += 1
+        prev = prev + gap + 1
+        idx[i] = prev
+    return idx
+
+
+@numba.njit(cache=True, parallel=True)
+def stochastic_levels(
+    x: np.ndarray, norm: float, levels: int, seed: np.uint64, out: np.ndarray
+) -> None:
+    """QSGD: ``floor(|x_i| / norm * s + u_i)`` in [0, s]."""
+    inv = levels / norm if norm > 0 else 0.0
+    for i in prange(x.shape[0]):
+        v = abs(x[i]) * inv
+        out[i] = np.uint8(min(levels, int(np.floor(v + _uniform(seed, i)))))
+
+
+@numba.njit(cache=True, parallel=True)
+def stochastic_ternary(x: np.ndarray, scale: float, seed: np.uint64, keep: np.ndarray) -> None:
+    """TernGrad: keep_i ~ Bernoulli(|x_i| / scale)."""
+    inv = 1.0 / scale if scale > 0 else 0.0
+    for i in prange(x.shape[0]):
+        keep[i] = _uniform(seed, i) < abs(x[i]) * inv
