@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fl_ext.codecs import kernels
 from fl_ext.codecs.base import Codec, Payload, PayloadError, as_vector, field, only_fields
 
 
@@ -59,10 +60,11 @@ class Cast(Codec):
     def _decode(self, payload: Payload, size: int) -> np.ndarray:
         values = payload["values"]
         if self.dtype == "bfloat16":
-            t = torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
+            out = np.empty(size, dtype=np.float32)
+            finite = kernels.bfloat16_to_float32(values, out.view(np.uint32))
         else:
-            t = torch.from_numpy(values)
-        out = t.to(torch.float32).numpy()
-        if not np.isfinite(out).all():
-            raise PayloadError(f"{self.dtype} values decode to NaN or Inf")
+            finite = kernels.float16_all_finite(values.view(np.uint16))
+            out = torch.from_numpy(values).to(torch.float32).numpy()
+        if not finite:
+            raise PayloadError(f"{self.dtype} values hold NaN or Inf")
         return out

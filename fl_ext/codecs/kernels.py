@@ -24,7 +24,7 @@ def _uniform(seed: np.uint64, i: int) -> float:
 
 
 @numba.njit(cache=True, parallel=True)
-def quantize_blocks(  # noqa: PLR0917  (a kernel: positional for numba)
+def quantize_blocks(
     x: np.ndarray, block: int, levels: int, stochastic: bool, seed: np.uint64,
     q: np.ndarray, scales: np.ndarray,
 ) -> None:  # fmt: skip
@@ -166,3 +166,150 @@ def stochastic_ternary(x: np.ndarray, scale: float, seed: np.uint64, keep: np.nd
     inv = 1.0 / scale if scale > 0 else 0.0
     for i in prange(x.shape[0]):
         keep[i] = _uniform(seed, i) < abs(x[i]) * inv
+
+
+@numba.njit(cache=True, parallel=True)
+def sign_bits_and_abs_sum(x: np.ndarray, bits: np.ndarray) -> float:
+    """Pack ``x < 0`` (numpy packbits order, MSB first) and return ``sum |x|`` (float64)."""
+    d = x.shape[0]
+    total = 0.0
+    for j in prange(bits.shape[0]):
+        byte = 0
+        part = 0.0
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                v = x[i]
+                part += abs(v)
+                if v < 0:
+                    byte |= 1 << (7 - b)
+        bits[j] = np.uint8(byte)
+        total += part
+    return total
+
+
+@numba.njit(cache=True, parallel=True)
+def signed_fill(bits: np.ndarray, value: np.float32, out: np.ndarray) -> None:
+    """``out[i] = -value`` where bit i of ``bits`` (packbits order) is set, else ``value``."""
+    d = out.shape[0]
+    for j in prange(bits.shape[0]):
+        byte = bits[j]
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                out[i] = -value if (byte >> (7 - b)) & 1 else value
+
+
+@numba.njit(cache=True, parallel=True)
+def ternary_encode(
+    x: np.ndarray, scale: float, seed: np.uint64, keep: np.ndarray, signs: np.ndarray
+) -> None:
+    """TernGrad bits: keep ~ Bernoulli(|x|/scale) and the sign, packed (packbits order)."""
+    d = x.shape[0]
+    inv = 1.0 / scale if scale > 0 else 0.0
+    for j in prange(keep.shape[0]):
+        kb = 0
+        sb = 0
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                v = x[i]
+                if _uniform(seed, i) < abs(v) * inv:
+                    kb |= 1 << (7 - b)
+                if v < 0:
+                    sb |= 1 << (7 - b)
+        keep[j] = np.uint8(kb)
+        signs[j] = np.uint8(sb)
+
+
+@numba.njit(cache=True, parallel=True)
+def ternary_decode(keep: np.ndarray, signs: np.ndarray, scale: np.float32, out: np.ndarray) -> None:
+    d = out.shape[0]
+    zero = np.float32(0.0)
+    for j in prange(keep.shape[0]):
+        kb = keep[j]
+        sb = signs[j]
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                if (kb >> (7 - b)) & 1:
+                    out[i] = -scale if (sb >> (7 - b)) & 1 else scale
+                else:
+                    out[i] = zero
+
+
+@numba.njit(cache=True, parallel=True)
+def abs_max(x: np.ndarray) -> float:
+    m = 0.0
+    for i in prange(x.shape[0]):
+        m = max(m, abs(x[i]))
+    return m
+
+
+@numba.njit(cache=True, parallel=True)
+def sum_squares(x: np.ndarray) -> float:
+    s = 0.0
+    for i in prange(x.shape[0]):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@numba.njit(cache=True, parallel=True)
+def qsgd_encode(
+    x: np.ndarray, norm: float, levels: int, seed: np.uint64, lv: np.ndarray, signs: np.ndarray
+) -> None:
+    """QSGD levels ``floor(|x|/norm*s + u)`` and packed signs in one pass."""
+    d = x.shape[0]
+    inv = levels / norm if norm > 0 else 0.0
+    for j in prange(signs.shape[0]):
+        sb = 0
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                v = x[i]
+                lv[i] = np.uint8(min(levels, int(np.floor(abs(v) * inv + _uniform(seed, i)))))
+                if v < 0:
+                    sb |= 1 << (7 - b)
+        signs[j] = np.uint8(sb)
+
+
+@numba.njit(cache=True, parallel=True)
+def qsgd_decode(
+    lv: np.ndarray, signs: np.ndarray, step: np.float32, levels: int, out: np.ndarray
+) -> bool:
+    """``out = ±lv*step``; False if some level exceeds ``levels``."""
+    d = out.shape[0]
+    bad = 0
+    for j in prange(signs.shape[0]):
+        sb = signs[j]
+        for b in range(8):
+            i = 8 * j + b
+            if i < d:
+                level = lv[i]
+                if level > levels:
+                    bad += 1
+                v = np.float32(level) * step
+                out[i] = -v if (sb >> (7 - b)) & 1 else v
+    return bad == 0
+
+
+@numba.njit(cache=True, parallel=True)
+def bfloat16_to_float32(bits: np.ndarray, words: np.ndarray) -> bool:
+    """bfloat16 bit patterns to float32 bit patterns (exact); False if one is NaN or Inf."""
+    bad = 0
+    for i in prange(bits.shape[0]):
+        w = np.uint32(bits[i]) << np.uint32(16)
+        if (w & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+            bad += 1
+        words[i] = w
+    return bad == 0
+
+
+@numba.njit(cache=True, parallel=True)
+def float16_all_finite(bits: np.ndarray) -> bool:
+    bad = 0
+    for i in prange(bits.shape[0]):
+        if (bits[i] & np.uint16(0x7C00)) == np.uint16(0x7C00):
+            bad += 1
+    return bad == 0

@@ -100,26 +100,21 @@ class QSGD(Codec):
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Payload:
         x = as_vector(x)
-        norm = float(np.linalg.norm(x.astype(np.float64)))
+        norm = float(np.sqrt(kernels.sum_squares(x)))
         lv = np.empty(x.shape[0], dtype=np.uint8)
-        kernels.stochastic_levels(x, norm, self.levels, _seed(rng), lv)
-        return {
-            "norm": np.array([norm], dtype=np.float32),
-            "levels": lv,
-            "signs": np.packbits(x < 0),
-        }
+        signs = np.empty((len(x) + 7) // 8, dtype=np.uint8)
+        kernels.qsgd_encode(x, norm, self.levels, _seed(rng), lv, signs)
+        return {"norm": np.array([norm], dtype=np.float32), "levels": lv, "signs": signs}
 
     def check(self, payload: Payload, size: int) -> None:
         only_fields(payload, {"norm", "levels", "signs"})
         finite_scalar(payload, "norm", positive=True)
-        lv = field(payload, "levels", np.uint8, (size,))
-        if size and int(lv.max()) > self.levels:
-            raise PayloadError(f"field 'levels' exceeds {self.levels}")
+        field(payload, "levels", np.uint8, (size,))
         field(payload, "signs", np.uint8, ((size + 7) // 8,))
 
     def _decode(self, payload: Payload, size: int) -> np.ndarray:
-        norm = float(payload["norm"][0])
-        signs = np.unpackbits(payload["signs"], count=size).astype(bool)
-        out = payload["levels"].astype(np.float32) * np.float32(norm / self.levels)
-        np.negative(out, out=out, where=signs)
+        step = np.float32(float(payload["norm"][0]) / self.levels)
+        out = np.empty(size, dtype=np.float32)
+        if not kernels.qsgd_decode(payload["levels"], payload["signs"], step, self.levels, out):
+            raise PayloadError(f"field 'levels' exceeds {self.levels}")
         return out

@@ -13,8 +13,10 @@ class SignScale(Codec):
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Payload:
         x = as_vector(x)
-        scale = float(np.abs(x).mean(dtype=np.float64)) if len(x) else 0.0
-        return {"scale": np.array([scale], dtype=np.float32), "signs": np.packbits(x < 0)}
+        bits = np.empty((len(x) + 7) // 8, dtype=np.uint8)
+        total = kernels.sign_bits_and_abs_sum(x, bits)
+        scale = total / len(x) if len(x) else 0.0
+        return {"scale": np.array([scale], dtype=np.float32), "signs": bits}
 
     def check(self, payload: Payload, size: int) -> None:
         only_fields(payload, {"scale", "signs"})
@@ -22,9 +24,9 @@ class SignScale(Codec):
         field(payload, "signs", np.uint8, ((size + 7) // 8,))
 
     def _decode(self, payload: Payload, size: int) -> np.ndarray:
-        scale = np.float32(payload["scale"][0])
-        negative = np.unpackbits(payload["signs"], count=size).astype(bool)
-        return np.where(negative, -scale, scale).astype(np.float32)
+        out = np.empty(size, dtype=np.float32)
+        kernels.signed_fill(payload["signs"], np.float32(payload["scale"][0]), out)
+        return out
 
 
 class Ternary(Codec):
@@ -37,14 +39,11 @@ class Ternary(Codec):
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Payload:
         x = as_vector(x)
-        scale = float(np.abs(x).max()) if len(x) else 0.0
-        keep = np.empty(x.shape[0], dtype=np.bool_)
-        kernels.stochastic_ternary(x, scale, np.uint64(rng.integers(0, 2**63)), keep)
-        return {
-            "scale": np.array([scale], dtype=np.float32),
-            "keep": np.packbits(keep),
-            "signs": np.packbits(x < 0),
-        }
+        scale = kernels.abs_max(x) if len(x) else 0.0
+        keep = np.empty((len(x) + 7) // 8, dtype=np.uint8)
+        signs = np.empty_like(keep)
+        kernels.ternary_encode(x, scale, np.uint64(rng.integers(0, 2**63)), keep, signs)
+        return {"scale": np.array([scale], dtype=np.float32), "keep": keep, "signs": signs}
 
     def check(self, payload: Payload, size: int) -> None:
         only_fields(payload, {"scale", "keep", "signs"})
@@ -53,9 +52,8 @@ class Ternary(Codec):
         field(payload, "signs", np.uint8, ((size + 7) // 8,))
 
     def _decode(self, payload: Payload, size: int) -> np.ndarray:
-        scale = np.float32(payload["scale"][0])
-        keep = np.unpackbits(payload["keep"], count=size).astype(np.float32)
-        negative = np.unpackbits(payload["signs"], count=size).astype(bool)
-        out = keep * scale
-        np.negative(out, out=out, where=negative)
+        out = np.empty(size, dtype=np.float32)
+        kernels.ternary_decode(
+            payload["keep"], payload["signs"], np.float32(payload["scale"][0]), out
+        )
         return out

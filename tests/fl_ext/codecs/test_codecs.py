@@ -185,6 +185,9 @@ BAD = [
     ("sign", "scale", np.array([-1.0], np.float32), ">= 0"),
     ("randomk", "values", np.zeros(5, np.float32), "shape"),
     ("topk_int8", "values.scales", np.array([np.nan], np.float32), "scales"),
+    ("float16", "values", np.full(D, np.inf, np.float16), "NaN or Inf"),
+    ("bfloat16", "values", np.full(D, 0x7FC0, np.uint16), "NaN or Inf"),
+    ("ternary", "keep", np.zeros(3, np.uint8), "shape"),
 ]
 
 
