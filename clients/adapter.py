@@ -17,6 +17,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
+from clients.codec_transport import encode_update, received_arrays
 from fl_ext.privacy.dp_sgd import DECLINED, BudgetExhausted
 from strategies.records import named_array_record
 
@@ -35,20 +36,31 @@ def _inputs(msg: Message) -> tuple[list[str], list[Any], dict[str, Any]]:
 
 
 def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
-    """Run ``fit`` and wrap its result as the reply to ``msg``."""
-    names, arrays, config = _inputs(msg)
+    """Run ``fit`` and wrap its result as the reply to ``msg``.
+
+    With ``codec-up`` in the config the reply carries the encoded update (trained minus
+    received) instead of the full arrays.
+    """
+    config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
+    record = msg.content[ARRAYS_KEY]
     client = client_fn(context, config)
+    coded = "codec-up" in config
+    if coded:
+        arrays = received_arrays(record, config, client.get_parameters({}))
+    else:
+        names, arrays = list(record.keys()), record.to_numpy_ndarrays()
     try:
         new_arrays, num_examples, metrics = client.fit(arrays, config)
     except BudgetExhausted as err:
         return Message(Error(code=DECLINED, reason=str(err)), reply_to=msg)
-    if len(new_arrays) != len(names):
-        raise ValueError(f"fit returned {len(new_arrays)} arrays, expected {len(names)}")
+    if len(new_arrays) != len(arrays):
+        raise ValueError(f"fit returned {len(new_arrays)} arrays, expected {len(arrays)}")
+    if coded:
+        out = encode_update(arrays, new_arrays, config, context)
+    else:
+        out = named_array_record(OrderedDict(zip(names, new_arrays, strict=True)))
     content = RecordDict(
-        {
-            ARRAYS_KEY: named_array_record(OrderedDict(zip(names, new_arrays, strict=True))),
-            METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)}),
-        }
+        {ARRAYS_KEY: out, METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)})}
     )
     return Message(content=content, reply_to=msg)
 

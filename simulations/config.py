@@ -23,6 +23,7 @@ GROUPS = (
     "aggregator",
     "attack",
     "privacy",
+    "codec",
     "dataset",
     "partition",
     "model",
@@ -139,7 +140,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("round_timeout", "node_wait_timeout"):
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
-    for group in (g for g in GROUPS if g not in ("attack", "privacy")):  # plain settings
+    for group in (g for g in GROUPS if g not in ("attack", "privacy", "codec")):  # plain settings
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
     for name, spec in (c.get("preagg") or {}).items():
         _require(

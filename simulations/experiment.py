@@ -40,6 +40,7 @@ from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
 from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
+from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
 from simulations.privacy_build import build_privacy
 from strategies import FlExtFedAvg
@@ -91,12 +92,14 @@ def build(experiment: Experiment) -> Built:
         )
         reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
         privacy = build_privacy(conf, split, model)
+        compression = build_compression(conf)
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
             byzantine=build_attack(conf["attack"], conf["seed"]),
             reference_update=reference,
             privacy=privacy,
+            compression=compression,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -273,6 +276,7 @@ def finish(built: Built, result: Result, *, num_clients: int) -> None:
         "aggregator": exp.choices["aggregator"],
         "preagg": exp.choices["preagg"],
         "attack": exp.choices["attack"],
+        "codec": exp.choices["codec"],
         "rounds": str(cfg.num_rounds),
         "num_clients": str(num_clients),
         "dataset": exp.choices["dataset"],

@@ -36,10 +36,17 @@ from fl_ext.privacy.dp_sgd import DECLINED
 from fl_ext.selection import UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
+from strategies.compression import Compression
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.records import named_array_record, record_to_named
-from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
+from strategies.replies import (
+    UPDATE_KEY,
+    EvaluateReply,
+    TrainReply,
+    parse_evaluate_reply,
+    parse_train_reply,
+)
 from strategies.round_log import RoundLog
 from strategies.wire import record_wire_bytes
 
@@ -71,6 +78,8 @@ class FlExtFedAvg(FedAvg):
         rule; every round is released and accounted, even with few replies) or sample-level
         DP-SGD in the clients; either keeps the privacy ledger and stops training before a
         budget is exceeded (``stop_reason`` says why).
+    compression : codecs for client updates (and optionally the broadcast); their specs travel
+        in the train messages and every payload is checked before it is decoded.
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class FlExtFedAvg(FedAvg):
         byzantine: ByzantineSimulation | None = None,
         reference_update: ReferenceFn | None = None,
         privacy: PrivacyPlan | None = None,
+        compression: Compression | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -149,6 +159,7 @@ class FlExtFedAvg(FedAvg):
         if privacy is not None:
             privacy.check_aggregation(aggregation)
         self.privacy = privacy
+        self.compression = compression
         self.stop_reason: str | None = None
         self._num_available = 0
         self.round_log = RoundLog(0)
@@ -160,7 +171,8 @@ class FlExtFedAvg(FedAvg):
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
         """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
         privacy = self.privacy.train_entries() if self.privacy is not None else {}
-        return {"server-round": server_round, **privacy}
+        codec = self.compression.train_entries(server_round) if self.compression else {}
+        return {"server-round": server_round, **privacy, **codec}
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -209,6 +221,8 @@ class FlExtFedAvg(FedAvg):
             selected = self.train_selector.select(eligible)
         self.round_log.selected = selected
         entries = self.train_config_entries(server_round)
+        if self.compression is not None:
+            arrays = self.compression.broadcast(arrays, server_round)
         record = self._record(arrays, config, entries)
         messages: list[Message] = []
         if self.byzantine is not None:
@@ -442,7 +456,11 @@ class FlExtFedAvg(FedAvg):
             return Rejection(RejectReason.MALFORMED, "reply from a node not selected or duplicated")
         seen.add(node_id)
         return parse_train_reply(
-            msg, spec, max_examples=self.max_examples_per_client, required_metrics=("train_loss",)
+            msg,
+            spec,
+            max_examples=self.max_examples_per_client,
+            required_metrics=("train_loss",),
+            codec=self.compression.uplink if self.compression is not None else None,
         )
 
     def _inject_attack(
@@ -501,7 +519,10 @@ class FlExtFedAvg(FedAvg):
                 parsed = self.privacy.check_reply(parsed) or parsed
             if isinstance(parsed, TrainReply):
                 row = updates[len(accepted)]
-                spec.flatten(parsed.arrays, out=row).sub_(global_flat)
+                if UPDATE_KEY in parsed.arrays:  # a decoded codec payload: already the update
+                    row.copy_(torch.from_numpy(parsed.arrays[UPDATE_KEY]))
+                else:
+                    spec.flatten(parsed.arrays, out=row).sub_(global_flat)
                 parsed = (
                     check_update_norm(float(torch.linalg.vector_norm(row)), self.max_update_norm)
                     or parsed

@@ -17,3 +17,13 @@ def named_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 def record_to_named(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     """The record's arrays as named numpy arrays, in order."""
     return OrderedDict((name, array.numpy()) for name, array in record.items())
+
+
+def payload_record(payload: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """A codec payload (named numpy arrays of any dtype) as an ArrayRecord."""
+    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in payload.items()))
+
+
+def record_payload(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Inverse of :func:`payload_record`."""
+    return {k: v.numpy() for k, v in record.items()}

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 
+from fl_ext.codecs import Codec, PayloadError
 from fl_ext.params import ParamSpec
 from fl_ext.validation import (
     Rejection,
@@ -21,7 +22,7 @@ from fl_ext.validation import (
     check_example_count,
     check_metrics,
 )
-from strategies.records import record_to_named
+from strategies.records import record_payload, record_to_named
 
 NUM_EXAMPLES = "num-examples"
 
@@ -52,14 +53,12 @@ def _single_metrics(msg: Message) -> dict[str, Any] | Rejection:
     return dict(next(iter(records.values())))
 
 
-def parse_train_reply(
-    msg: Message,
-    expected: ParamSpec,
-    *,
-    max_examples: int | None,
-    required_metrics: tuple[str, ...],
-) -> TrainReply | Rejection:
-    """Exactly one ArrayRecord matching ``expected`` and one MetricRecord with a valid count."""
+UPDATE_KEY = "update"
+
+
+def _record_and_metrics(
+    msg: Message, max_examples: int | None, required_metrics: tuple[str, ...]
+) -> tuple[ArrayRecord, dict[str, Any]] | Rejection:
     content = msg.content
     if len(content.array_records) != 1:
         return Rejection(
@@ -71,16 +70,47 @@ def parse_train_reply(
     rejection = check_example_count(metrics.get(NUM_EXAMPLES), max_examples) or check_metrics(
         {k: v for k, v in metrics.items() if k != NUM_EXAMPLES}, required_metrics
     )
-    if rejection:
-        return rejection
-    record = next(iter(content.array_records.values()))
+    return rejection or (next(iter(content.array_records.values())), metrics)
+
+
+def _decode(
+    record: ArrayRecord, expected: ParamSpec, codec: Codec | None
+) -> OrderedDict[str, np.ndarray] | Rejection:
+    if codec is not None:
+        try:
+            update = codec.decode(record_payload(record), expected.size)
+        except PayloadError as err:
+            return Rejection(RejectReason.MALFORMED, f"bad {type(codec).__name__} payload: {err}")
+        except Exception as err:  # noqa: BLE001  (a payload that breaks decoding is the client's)
+            return Rejection(RejectReason.MALFORMED, f"payload cannot be decoded: {err}")
+        return OrderedDict([(UPDATE_KEY, update)])
     try:
         arrays = record_to_named(record)
     except Exception as err:  # noqa: BLE001  (any decoding failure is the client's fault)
         return Rejection(RejectReason.MALFORMED, f"arrays cannot be decoded: {err}")
-    rejection = check_arrays(arrays, expected)
-    if rejection:
-        return rejection
+    return check_arrays(arrays, expected) or arrays
+
+
+def parse_train_reply(
+    msg: Message,
+    expected: ParamSpec,
+    *,
+    max_examples: int | None,
+    required_metrics: tuple[str, ...],
+    codec: Codec | None = None,
+) -> TrainReply | Rejection:
+    """Exactly one ArrayRecord matching ``expected`` and one MetricRecord with a valid count.
+
+    With ``codec``, the ArrayRecord is the codec's payload of the update: it is checked and
+    decoded, and the reply's ``arrays`` hold the flat update under :data:`UPDATE_KEY`.
+    """
+    parts = _record_and_metrics(msg, max_examples, required_metrics)
+    if isinstance(parts, Rejection):
+        return parts
+    record, metrics = parts
+    arrays = _decode(record, expected, codec)
+    if isinstance(arrays, Rejection):
+        return arrays
     num_examples = int(metrics.pop(NUM_EXAMPLES))
     return TrainReply(msg.metadata.src_node_id, arrays, num_examples, metrics)
 

@@ -1,0 +1,75 @@
+"""Codecs end to end on the in-process grid: accuracy, bytes on the wire, bad payloads."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, Context, Message
+from flwr.clientapp import ClientApp
+from mlflow.tracking import MlflowClient
+
+from fl_ext.tracking import resolve_tracking_uri
+from simulations.client_app import app as real_app
+from simulations.config import ConfigError, compose_experiment
+from simulations.experiment import build, run
+from simulations.inprocess import InProcessGrid
+
+BASE = ["dataset=digits", "model=mlp", "num_rounds=6", "fraction_evaluate=0.0"]
+
+
+def _run(overrides, app=real_app, nodes=5):
+    built = build(compose_experiment([*BASE, *overrides]))
+    run(InProcessGrid(app, nodes), built)
+    client = MlflowClient(resolve_tracking_uri())
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs([exp.experiment_id], max_results=1)
+    return built, found.data.metrics
+
+
+def test_chain_codec_with_error_feedback_learns_with_far_fewer_bytes():
+    ref, m_ref = _run(["codec=none"])
+    got, m_got = _run(["codec=topk_int8"])
+    assert got.history[6] > ref.history[6] - 0.08  # 1% of the update per round, error feedback
+    assert m_ref["bytes_up_cum"] / m_got["bytes_up_cum"] > 50
+    assert m_got["bytes_down_cum"] == pytest.approx(m_ref["bytes_down_cum"], rel=0.01)
+
+
+def test_float16_broadcast_halves_the_downlink():
+    _, m_ref = _run(["codec=int8"])
+    got, m_got = _run(["codec=int8", "codec.downlink=float16"])
+    assert m_got["bytes_down_cum"] < 0.55 * m_ref["bytes_down_cum"]
+    assert got.history[6] > 0.8
+
+
+def _tampering_app(field, value):
+    """The real ClientApp, but node 0's train replies carry a corrupted payload field."""
+    app = ClientApp()
+    first: list[int] = []
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        reply = real_app(msg, context)
+        first.append(context.node_id) if not first else None
+        if context.node_id == first[0]:
+            record = reply.content["arrays"]
+            record[field] = Array(value(record[field].numpy()))
+        return reply
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("values.scales", lambda a: np.full_like(a, np.nan)),
+        ("index_meta", lambda a: np.array([a[0], 60], np.int64)),
+        ("values.q", lambda a: a[:-1]),
+    ],
+)
+def test_a_bad_payload_is_rejected_and_the_round_goes_on(field, value):
+    built, metrics = _run(["codec=topk_int8", "num_rounds=2"], app=_tampering_app(field, value))
+    assert metrics["clients_rejected"] == 1 and metrics["clients_valid"] == 4
+    assert built.history[2] > built.history[0]
+
+
+def test_unknown_downlink_is_a_config_error():
+    with pytest.raises(ConfigError, match="codec.downlink 'int3' is not one of"):
+        build(compose_experiment([*BASE, "codec=int8", "codec.downlink=int3", "tracking=none"]))
