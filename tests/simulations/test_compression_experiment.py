@@ -71,5 +71,5 @@ def test_a_bad_payload_is_rejected_and_the_round_goes_on(field, value):
 
 
 def test_unknown_downlink_is_a_config_error():
-    with pytest.raises(ConfigError, match="codec.downlink 'int3' is not one of"):
+    with pytest.raises(ConfigError, match=r"codec\.downlink 'int3' is not one of"):
         build(compose_experiment([*BASE, "codec=int8", "codec.downlink=int3", "tracking=none"]))
