@@ -7,6 +7,8 @@ checks every payload against that codec and rejects a bad one like any other bad
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,17 @@ class Compression:
             entries["codec-down"] = spec_to_json(self.downlink.spec())
         return entries
 
+    def node_entries(self, node: int, server_round: int) -> dict[str, Any]:
+        """Per-node overrides of the train config (none: every node uses the same codec)."""
+        return {}
+
+    def uplink_for(self, node: int) -> Codec:
+        """The codec ``node`` was told to encode with this round."""
+        return self.uplink
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def broadcast(self, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         """The global model as sent: the downlink codec's payload, or as is."""
         if self.downlink is None:
@@ -59,3 +72,86 @@ class Compression:
         down = f", downlink {self.downlink!r}" if self.downlink is not None else ""
         ef = " with error feedback" if self.error_feedback else ""
         return f"uplink {self.uplink!r}{ef}{down}"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Nodes with uplink bandwidth <= ``max_mbps`` (None: any) use this codec and local epochs."""
+
+    max_mbps: float | None
+    uplink: Codec
+    local_epochs: int | None = None
+
+
+class AdaptiveCompression(Compression):
+    """Codec strength and local epochs per node from its uplink bandwidth.
+
+    Slow links compress harder (and may train fewer epochs so they are not left behind).
+
+    Bandwidth is simulated here: each node draws one of ``profiles_mbps`` (seeded, fixed for the
+    run). The round's simulated upload time of a node is its reply bytes / bandwidth; the
+    slowest one is reported (``sim_upload_s_max``) so policies can be compared.
+    """
+
+    def __init__(
+        self,
+        *,
+        tiers: Sequence[Tier],
+        profiles_mbps: Sequence[float],
+        downlink: Codec | None = None,
+        error_feedback: bool = False,
+        seed: int = 0,
+    ) -> None:
+        tiers = list(tiers)
+        if not tiers or tiers[-1].max_mbps is not None:
+            raise ValueError("adaptive tiers must end with a catch-all tier (max_mbps: null)")
+        bounds = [t.max_mbps for t in tiers[:-1]]
+        if any(b is None or b <= 0 for b in bounds) or bounds != sorted(bounds):
+            raise ValueError(f"tier max_mbps must be > 0 and increasing, got {bounds}")
+        if not profiles_mbps or any(not (p > 0) for p in profiles_mbps):
+            raise ValueError(f"profiles_mbps must be positive bandwidths, got {profiles_mbps}")
+        super().__init__(
+            uplink=tiers[-1].uplink, downlink=downlink, error_feedback=error_feedback, seed=seed
+        )
+        self.tiers = tiers
+        self.profiles = [float(p) for p in profiles_mbps]
+        self._bandwidth: dict[int, float] = {}
+        self._assigned: dict[int, Tier] = {}
+        self._upload_s: list[float] = []
+
+    def bandwidth(self, node: int) -> float:
+        """The node's simulated uplink bandwidth in Mbit/s (drawn once, seeded by node id)."""
+        if node not in self._bandwidth:
+            rng = np.random.default_rng([self.seed, node & 0xFFFFFFFF, node >> 32])
+            self._bandwidth[node] = self.profiles[int(rng.integers(len(self.profiles)))]
+        return self._bandwidth[node]
+
+    def tier(self, node: int) -> Tier:
+        mbps = self.bandwidth(node)
+        return next(t for t in self.tiers if t.max_mbps is None or mbps <= t.max_mbps)
+
+    def node_entries(self, node: int, server_round: int) -> dict[str, Any]:
+        tier = self.tier(node)
+        self._assigned[node] = tier
+        entries: dict[str, Any] = {"codec-up": spec_to_json(tier.uplink.spec())}
+        if tier.local_epochs is not None:
+            entries["local-epochs"] = int(tier.local_epochs)
+        return entries
+
+    def uplink_for(self, node: int) -> Codec:
+        tier = self._assigned.get(node)
+        return tier.uplink if tier is not None else self.uplink
+
+    def record_upload(self, node: int, nbytes: int) -> None:
+        self._upload_s.append(nbytes * 8 / (self.bandwidth(node) * 1e6))
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            f"clients_tier{i}": float(sum(t is tier for t in self._assigned.values()))
+            for i, tier in enumerate(self.tiers)
+        }
+        if self._upload_s:
+            out["sim_upload_s_max"] = max(self._upload_s)
+            out["sim_upload_s_median"] = float(np.median(self._upload_s))
+        self._assigned, self._upload_s = {}, []
+        return out

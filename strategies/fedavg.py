@@ -36,7 +36,7 @@ from fl_ext.privacy.dp_sgd import DECLINED
 from fl_ext.selection import UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
-from strategies.compression import Compression
+from strategies.compression import AdaptiveCompression, Compression
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.records import named_array_record, record_to_named
@@ -220,29 +220,37 @@ class FlExtFedAvg(FedAvg):
         else:
             selected = self.train_selector.select(eligible)
         self.round_log.selected = selected
-        entries = self.train_config_entries(server_round)
-        if self.compression is not None:
-            arrays = self.compression.broadcast(arrays, server_round)
-        record = self._record(arrays, config, entries)
-        messages: list[Message] = []
         if self.byzantine is not None:
             self.byzantine.designate(available)
-            roles = [n for n in selected if self.byzantine.config_for(n)]
-            if roles:
-                special = self._record(
-                    arrays, config, {**entries, **self.byzantine.config_for(roles[0])}
-                )
-                self.round_log.bytes_down += record_wire_bytes(special) * len(roles)
-                messages += self._construct_messages(special, roles, MessageType.TRAIN)
-                selected = [n for n in selected if n not in roles]
-        self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
+        base = self.train_config_entries(server_round)
+        sent = arrays
+        if self.compression is not None:
+            sent = self.compression.broadcast(arrays, server_round)
+        groups: dict[tuple[tuple[str, Any], ...], list[int]] = {}
+        for node in selected:
+            entries = {**base, **self._node_entries(node, server_round)}
+            groups.setdefault(tuple(sorted(entries.items())), []).append(node)
+        messages: list[Message] = []
+        for key, nodes in groups.items():
+            record = self._record(sent, config, dict(key))
+            self.round_log.bytes_down += record_wire_bytes(record) * len(nodes)
+            messages += self._construct_messages(record, nodes, MessageType.TRAIN)
         log(
             INFO,
             "configure_train: %d of %d nodes selected",
             len(self.round_log.selected),
             len(available),
         )
-        return [*messages, *self._construct_messages(record, selected, MessageType.TRAIN)]
+        return messages
+
+    def _node_entries(self, node: int, server_round: int) -> dict[str, Any]:
+        """Per-node train config: a Byzantine role (simulation), an adaptive codec tier."""
+        entries: dict[str, Any] = {}
+        if self.byzantine is not None:
+            entries.update(self.byzantine.config_for(node))
+        if self.compression is not None:
+            entries.update(self.compression.node_entries(node, server_round))
+        return entries
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -424,6 +432,8 @@ class FlExtFedAvg(FedAvg):
         metrics.update(rlog.metrics())
         if self.privacy is not None:
             metrics.update(self.privacy.metrics())
+        if self.compression is not None:
+            metrics.update(self.compression.metrics())
         metrics.update(
             bytes_down_cum=phases.bytes_down,
             bytes_up_cum=phases.bytes_up,
@@ -460,7 +470,7 @@ class FlExtFedAvg(FedAvg):
             spec,
             max_examples=self.max_examples_per_client,
             required_metrics=("train_loss",),
-            codec=self.compression.uplink if self.compression is not None else None,
+            codec=self.compression.uplink_for(node_id) if self.compression is not None else None,
         )
 
     def _inject_attack(
@@ -503,9 +513,12 @@ class FlExtFedAvg(FedAvg):
         accepted: list[TrainReply] = []
         seen: set[int] = set()
         for msg in replies:
-            if msg.has_content():
-                rlog.bytes_up += record_wire_bytes(msg.content)
             node_id = msg.metadata.src_node_id
+            if msg.has_content():
+                nbytes = record_wire_bytes(msg.content)
+                rlog.bytes_up += nbytes
+                if isinstance(self.compression, AdaptiveCompression):
+                    self.compression.record_upload(node_id, nbytes)
             if msg.has_error():
                 rlog.failed += 1
                 if isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:

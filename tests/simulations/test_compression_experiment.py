@@ -73,3 +73,27 @@ def test_a_bad_payload_is_rejected_and_the_round_goes_on(field, value):
 def test_unknown_downlink_is_a_config_error():
     with pytest.raises(ConfigError, match=r"codec\.downlink 'int3' is not one of"):
         build(compose_experiment([*BASE, "codec=int8", "codec.downlink=int3", "tracking=none"]))
+
+
+def test_adaptive_codec_compresses_slow_links_harder():
+    built, metrics = _run(["codec=adaptive"], nodes=8)
+    comp = built.strategy.compression
+    tiers = {n: comp.tier(n) for n in comp._bandwidth}
+    assert len({id(t) for t in tiers.values()}) >= 2  # the seeded draw spreads the nodes
+    for node, tier in tiers.items():
+        assert tier is comp.tiers[[0.5, 2.0, 10.0, 100.0].index(comp.bandwidth(node))]
+    assert sum(metrics[f"clients_tier{i}"] for i in range(4)) == 8
+    assert metrics["sim_upload_s_max"] > 0 and built.history[6] > 0.6
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("codec.adaptive.tiers=[]", "catch-all tier"),
+        ("codec.adaptive.profiles_mbps=[0]", "positive bandwidths"),
+        ("codec.adaptive.bandwidth=measured", "only 'simulated'"),
+    ],
+)
+def test_bad_adaptive_settings(override, match):
+    with pytest.raises(ConfigError, match=match):
+        build(compose_experiment([*BASE, "codec=adaptive", override, "tracking=none"]))
