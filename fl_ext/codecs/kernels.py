@@ -79,32 +79,51 @@ def unpack_nibbles(packed: np.ndarray, n: int, out: np.ndarray) -> None:
             out[2 * j + 1] = np.int8((byte >> 4) - 8)
 
 
-_CHUNK = 1 << 16
+CHUNK = 1 << 16
+_CHUNK = CHUNK
 
 
 @numba.njit(cache=True, parallel=True)
-def select_above(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (ascending) and values of the entries with ``|x| >= threshold``."""
+def select_above(x: np.ndarray, threshold: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (ascending) and values of the entries with ``|x| >= threshold``, one pass.
+
+    Each chunk collects into its own buffer of ``cap`` entries (a chunk that finds more is
+    rescanned exactly), then the buffers are concatenated.
+    """
     d = x.shape[0]
     chunks = (d + _CHUNK - 1) // _CHUNK
+    cap = min(cap, _CHUNK)
     counts = np.zeros(chunks + 1, dtype=np.int64)
+    local_idx = np.empty((chunks, cap), dtype=np.int64)
+    local_val = np.empty((chunks, cap), dtype=np.float32)
+    overflow = np.zeros(chunks, dtype=np.bool_)
     for c in prange(chunks):
         n = 0
         for i in range(c * _CHUNK, min((c + 1) * _CHUNK, d)):
-            if abs(x[i]) >= threshold:
+            v = x[i]
+            if abs(v) >= threshold:
+                if n < cap:
+                    local_idx[c, n] = i
+                    local_val[c, n] = v
                 n += 1
         counts[c + 1] = n
+        overflow[c] = n > cap
     for c in range(chunks):
         counts[c + 1] += counts[c]
     idx = np.empty(counts[chunks], dtype=np.int64)
     val = np.empty(counts[chunks], dtype=np.float32)
     for c in prange(chunks):
         k = counts[c]
-        for i in range(c * _CHUNK, min((c + 1) * _CHUNK, d)):
-            if abs(x[i]) >= threshold:
-                idx[k] = i
-                val[k] = x[i]
-                k += 1
+        if overflow[c]:
+            for i in range(c * _CHUNK, min((c + 1) * _CHUNK, d)):
+                if abs(x[i]) >= threshold:
+                    idx[k] = i
+                    val[k] = x[i]
+                    k += 1
+        else:
+            for j in range(counts[c + 1] - counts[c]):
+                idx[k + j] = local_idx[c, j]
+                val[k + j] = local_val[c, j]
     return idx, val
 
 
@@ -112,60 +131,54 @@ def select_above(x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
 def pack_gaps(idx: np.ndarray) -> tuple[np.ndarray, int]:
     """Ascending indices as fixed-width gaps (first: the index itself) in a bit stream."""
     n = idx.shape[0]
+    largest = np.int64(0)
+    prev = np.int64(-1)
+    for i in range(n):
+        largest = max(largest, idx[i] - prev - 1)
+        prev = idx[i]
     width = 1
-    prev = -1
-    for i in range(n):
-        gap = idx[i] - prev
-        while gap >= (np.int64(1) << width):
-            width += 1
-        prev = idx[i]
+    while largest >= (np.int64(1) << width):
+        width += 1
     out = np.zeros((n * width + 7) // 8, dtype=np.uint8)
-    bit = 0
-    prev = -1
+    acc = np.uint64(0)
+    nbits = 0
+    pos = 0
+    prev = np.int64(-1)
     for i in range(n):
-        gap = idx[i] - prev - 1  # >= 0 for strictly ascending indices
+        gap = np.uint64(idx[i] - prev - 1)  # >= 0 for strictly ascending indices
         prev = idx[i]
-        for b in range(width):
-            if (gap >> b) & 1:
-                out[bit >> 3] |= np.uint8(1 << (bit & 7))
-            bit += 1
+        acc |= gap << np.uint64(nbits)
+        nbits += width
+        while nbits >= 8:
+            out[pos] = np.uint8(acc & np.uint64(0xFF))
+            acc >>= np.uint64(8)
+            nbits -= 8
+            pos += 1
+    if nbits > 0:
+        out[pos] = np.uint8(acc & np.uint64(0xFF))
     return out, width
 
 
 @numba.njit(cache=True)
 def unpack_gaps(packed: np.ndarray, n: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_gaps`."""
+    """Inverse of :func:`pack_gaps` (``width`` <= 56)."""
     idx = np.empty(n, dtype=np.int64)
-    bit = 0
+    mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+    acc = np.uint64(0)
+    nbits = 0
+    pos = 0
     prev = np.int64(-1)
     for i in range(n):
-        gap = np.int64(0)
-        for b in range(width):
-            if (packed[bit >> 3] >> (bit & 7)) & 1:
-                gap |= np.int64(1) << b
-            bit += 1
+        while nbits < width:
+            acc |= np.uint64(packed[pos]) << np.uint64(nbits)
+            pos += 1
+            nbits += 8
+        gap = np.int64(acc & mask)
+        acc >>= np.uint64(width)
+        nbits -= width
         prev = prev + gap + 1
         idx[i] = prev
     return idx
-
-
-@numba.njit(cache=True, parallel=True)
-def stochastic_levels(
-    x: np.ndarray, norm: float, levels: int, seed: np.uint64, out: np.ndarray
-) -> None:
-    """QSGD: ``floor(|x_i| / norm * s + u_i)`` in [0, s]."""
-    inv = levels / norm if norm > 0 else 0.0
-    for i in prange(x.shape[0]):
-        v = abs(x[i]) * inv
-        out[i] = np.uint8(min(levels, int(np.floor(v + _uniform(seed, i)))))
-
-
-@numba.njit(cache=True, parallel=True)
-def stochastic_ternary(x: np.ndarray, scale: float, seed: np.uint64, keep: np.ndarray) -> None:
-    """TernGrad: keep_i ~ Bernoulli(|x_i| / scale)."""
-    inv = 1.0 / scale if scale > 0 else 0.0
-    for i in prange(x.shape[0]):
-        keep[i] = _uniform(seed, i) < abs(x[i]) * inv
 
 
 @numba.njit(cache=True, parallel=True)

@@ -37,7 +37,7 @@ def _unpack(payload: Payload, size: int, pack: bool) -> np.ndarray:
     else:
         meta = field(payload, "index_meta", np.int64, (2,))
         n, width = int(meta[0]), int(meta[1])
-        if not (0 <= n <= size and 1 <= width <= 63):
+        if not (0 <= n <= size and 1 <= width <= 56):
             raise PayloadError(f"index_meta {meta.tolist()} impossible for {size} values")
         field(payload, "indices", np.uint8, ((n * width + 7) // 8,))
         idx = kernels.unpack_gaps(payload["indices"], n, width)
@@ -80,12 +80,12 @@ class TopK(Codec):
         x = as_vector(x)
         d = x.shape[0]
         k = max(1, min(d, int(np.ceil(self.fraction * d))))
-        if self.method == "sampled":
-            idx, val = kernels.select_above(x, self._threshold(x, k, rng, 1.0))
-        else:
-            idx, val = kernels.select_above(x, self._threshold(x, k, rng, 1.5))
+        slack = 1.0 if self.method == "sampled" else 1.5
+        cap = int(2 * slack * k / d * kernels.CHUNK) + 64  # per-chunk buffer, rescan beyond
+        idx, val = kernels.select_above(x, self._threshold(x, k, rng, slack), cap)
+        if self.method == "exact":
             if len(idx) < k:  # the sample overestimated the threshold: take all candidates
-                idx, val = kernels.select_above(x, 0.0)
+                idx, val = kernels.select_above(x, 0.0, kernels.CHUNK)
             if len(idx) > k:
                 keep = np.sort(np.argpartition(-np.abs(val), k - 1)[:k])
                 idx, val = idx[keep], val[keep]
