@@ -96,7 +96,10 @@ def collect(
     if exp is None:
         raise SystemExit(f"no MLflow experiment '{experiment}' at {resolve_tracking_uri(uri)}")
     cells: dict[str, Cells] = defaultdict(dict)
-    for r in client.search_runs([exp.experiment_id], max_results=5000):
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=5000, order_by=["attributes.start_time ASC"]
+    )
+    for r in runs:  # oldest first: a cell that was run again shows its newest result
         t = r.data.tags
         rule = t.get("choice.aggregator", "?") + (
             "+" + t["choice.preagg"] if t.get("choice.preagg", "none") != "none" else ""

@@ -260,6 +260,11 @@ class FlExtFedAvg(FedAvg):
         rlog = self.round_log
         updates, accepted = self._collect_updates(list(replies), spec, global_flat)
 
+        self.aggregator_state.round = server_round
+        if self.aggregation.needs_reference:  # before the attack: the attacker's view needs it
+            assert self.reference_update is not None
+            reference = self.reference_update(server_round, self._global_named)
+            self.aggregator_state.reference = reference.to(updates.dtype)
         if self.byzantine is not None and self.byzantine.omniscient is not None:
             updates, accepted = self._inject_attack(updates, accepted)
 
@@ -282,11 +287,6 @@ class FlExtFedAvg(FedAvg):
 
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
-        self.aggregator_state.round = server_round
-        if self.aggregation.needs_reference:
-            assert self.reference_update is not None
-            reference = self.reference_update(server_round, self._global_named)
-            self.aggregator_state.reference = reference.to(updates.dtype)
         delta = self.aggregation(updates[: len(accepted)], weights, self.aggregator_state)
         new_arrays = spec.unflatten(global_flat + delta)
         losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]
@@ -500,7 +500,9 @@ class FlExtFedAvg(FedAvg):
     def _attacker_view(self, stacked: torch.Tensor) -> torch.Tensor:
         """The server's aggregation as an omniscient attacker evaluates it (state untouched)."""
         state = AggregatorState(
-            center=self.aggregator_state.center, round=self.aggregator_state.round
+            center=self.aggregator_state.center,
+            reference=self.aggregator_state.reference,
+            round=self.aggregator_state.round,
         )
         return self.aggregation(stacked, None, state)
 

@@ -60,3 +60,10 @@ def test_fltrust_without_a_root_set_is_a_config_error():
 
     with pytest.raises(ConfigError, match="root set"):
         build(compose_experiment([*BASE, "aggregator=fltrust", "dataset.root_size=0"]))
+
+
+def test_optimized_attack_evaluates_fltrust_with_its_reference():
+    # The line search aggregates candidate attacks with the server's rule: FLTrust needs the
+    # round's reference update there too.
+    acc = final_accuracy(["attack=ipm_opt", "attack.num_byzantine=3", "aggregator=fltrust"])
+    assert acc > 0.7
