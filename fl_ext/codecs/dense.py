@@ -63,8 +63,8 @@ class Cast(Codec):
             out = np.empty(size, dtype=np.float32)
             finite = kernels.bfloat16_to_float32(values, out.view(np.uint32))
         else:
-            finite = kernels.float16_all_finite(values.view(np.uint16))
-            out = torch.from_numpy(values).to(torch.float32).numpy()
+            out = np.empty(size, dtype=np.float32)
+            finite = kernels.float16_to_float32(values.view(np.uint16), out, out.view(np.uint32))
         if not finite:
             raise PayloadError(f"{self.dtype} values hold NaN or Inf")
         return out

@@ -182,26 +182,6 @@ def unpack_gaps(packed: np.ndarray, n: int, width: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, parallel=True)
-def sign_bits_and_abs_sum(x: np.ndarray, bits: np.ndarray) -> float:
-    """Pack ``x < 0`` (numpy packbits order, MSB first) and return ``sum |x|`` (float64)."""
-    d = x.shape[0]
-    total = 0.0
-    for j in prange(bits.shape[0]):
-        byte = 0
-        part = 0.0
-        for b in range(8):
-            i = 8 * j + b
-            if i < d:
-                v = x[i]
-                part += abs(v)
-                if v < 0:
-                    byte |= 1 << (7 - b)
-        bits[j] = np.uint8(byte)
-        total += part
-    return total
-
-
-@numba.njit(cache=True, parallel=True)
 def signed_fill(bits: np.ndarray, value: np.float32, out: np.ndarray) -> None:
     """``out[i] = -value`` where bit i of ``bits`` (packbits order) is set, else ``value``."""
     d = out.shape[0]
@@ -211,28 +191,6 @@ def signed_fill(bits: np.ndarray, value: np.float32, out: np.ndarray) -> None:
             i = 8 * j + b
             if i < d:
                 out[i] = -value if (byte >> (7 - b)) & 1 else value
-
-
-@numba.njit(cache=True, parallel=True)
-def ternary_encode(
-    x: np.ndarray, scale: float, seed: np.uint64, keep: np.ndarray, signs: np.ndarray
-) -> None:
-    """TernGrad bits: keep ~ Bernoulli(|x|/scale) and the sign, packed (packbits order)."""
-    d = x.shape[0]
-    inv = 1.0 / scale if scale > 0 else 0.0
-    for j in prange(keep.shape[0]):
-        kb = 0
-        sb = 0
-        for b in range(8):
-            i = 8 * j + b
-            if i < d:
-                v = x[i]
-                if _uniform(seed, i) < abs(v) * inv:
-                    kb |= 1 << (7 - b)
-                if v < 0:
-                    sb |= 1 << (7 - b)
-        keep[j] = np.uint8(kb)
-        signs[j] = np.uint8(sb)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -269,25 +227,6 @@ def sum_squares(x: np.ndarray) -> float:
 
 
 @numba.njit(cache=True, parallel=True)
-def qsgd_encode(
-    x: np.ndarray, norm: float, levels: int, seed: np.uint64, lv: np.ndarray, signs: np.ndarray
-) -> None:
-    """QSGD levels ``floor(|x|/norm*s + u)`` and packed signs in one pass."""
-    d = x.shape[0]
-    inv = levels / norm if norm > 0 else 0.0
-    for j in prange(signs.shape[0]):
-        sb = 0
-        for b in range(8):
-            i = 8 * j + b
-            if i < d:
-                v = x[i]
-                lv[i] = np.uint8(min(levels, int(np.floor(abs(v) * inv + _uniform(seed, i)))))
-                if v < 0:
-                    sb |= 1 << (7 - b)
-        signs[j] = np.uint8(sb)
-
-
-@numba.njit(cache=True, parallel=True)
 def qsgd_decode(
     lv: np.ndarray, signs: np.ndarray, step: np.float32, levels: int, out: np.ndarray
 ) -> bool:
@@ -320,9 +259,47 @@ def bfloat16_to_float32(bits: np.ndarray, words: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True, parallel=True)
-def float16_all_finite(bits: np.ndarray) -> bool:
+def abs_sum(x: np.ndarray) -> float:
+    total = 0.0
+    for i in prange(x.shape[0]):
+        total += abs(np.float64(x[i]))
+    return total
+
+
+@numba.njit(cache=True, parallel=True)
+def qsgd_levels(x: np.ndarray, norm: float, levels: int, seed: np.uint64, lv: np.ndarray) -> None:
+    """QSGD levels ``floor(|x|/norm*s + u)`` in [0, s], u from the counter-based hash."""
+    inv = levels / norm if norm > 0 else 0.0
+    for i in prange(x.shape[0]):
+        lv[i] = np.uint8(min(levels, int(abs(x[i]) * inv + _uniform(seed, i))))
+
+
+@numba.njit(cache=True, parallel=True)
+def bernoulli_keep(x: np.ndarray, scale: float, seed: np.uint64, keep: np.ndarray) -> None:
+    """TernGrad: keep_i ~ Bernoulli(|x_i| / scale)."""
+    inv = 1.0 / scale if scale > 0 else 0.0
+    for i in prange(x.shape[0]):
+        keep[i] = _uniform(seed, i) < abs(x[i]) * inv
+
+
+@numba.njit(cache=True, parallel=True)
+def float16_to_float32(bits: np.ndarray, out: np.ndarray, words: np.ndarray) -> bool:
+    """IEEE half bit patterns to float32 (exact; ``words`` is ``out`` viewed as uint32).
+
+    False if one is NaN or Inf.
+    """
     bad = 0
     for i in prange(bits.shape[0]):
-        if (bits[i] & np.uint16(0x7C00)) == np.uint16(0x7C00):
+        h = np.uint32(bits[i])
+        sign = (h & np.uint32(0x8000)) << np.uint32(16)
+        exp = (h >> np.uint32(10)) & np.uint32(0x1F)
+        mant = h & np.uint32(0x3FF)
+        if exp == np.uint32(0x1F):
             bad += 1
+            words[i] = sign
+        elif exp == np.uint32(0):
+            v = np.float32(mant) * np.float32(5.960464477539063e-08)  # mant * 2^-24, exact
+            out[i] = -v if sign else v
+        else:
+            words[i] = sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13))
     return bad == 0

@@ -102,8 +102,8 @@ class QSGD(Codec):
         x = as_vector(x)
         norm = float(np.sqrt(kernels.sum_squares(x)))
         lv = np.empty(x.shape[0], dtype=np.uint8)
-        signs = np.empty((len(x) + 7) // 8, dtype=np.uint8)
-        kernels.qsgd_encode(x, norm, self.levels, _seed(rng), lv, signs)
+        kernels.qsgd_levels(x, norm, self.levels, _seed(rng), lv)
+        signs = np.packbits(np.signbit(x))
         return {"norm": np.array([norm], dtype=np.float32), "levels": lv, "signs": signs}
 
     def check(self, payload: Payload, size: int) -> None:

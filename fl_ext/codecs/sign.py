@@ -13,10 +13,8 @@ class SignScale(Codec):
 
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Payload:
         x = as_vector(x)
-        bits = np.empty((len(x) + 7) // 8, dtype=np.uint8)
-        total = kernels.sign_bits_and_abs_sum(x, bits)
-        scale = total / len(x) if len(x) else 0.0
-        return {"scale": np.array([scale], dtype=np.float32), "signs": bits}
+        scale = kernels.abs_sum(x) / len(x) if len(x) else 0.0
+        return {"scale": np.array([scale], dtype=np.float32), "signs": np.packbits(np.signbit(x))}
 
     def check(self, payload: Payload, size: int) -> None:
         only_fields(payload, {"scale", "signs"})
@@ -40,10 +38,13 @@ class Ternary(Codec):
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Payload:
         x = as_vector(x)
         scale = kernels.abs_max(x) if len(x) else 0.0
-        keep = np.empty((len(x) + 7) // 8, dtype=np.uint8)
-        signs = np.empty_like(keep)
-        kernels.ternary_encode(x, scale, np.uint64(rng.integers(0, 2**63)), keep, signs)
-        return {"scale": np.array([scale], dtype=np.float32), "keep": keep, "signs": signs}
+        keep = np.empty(len(x), dtype=np.bool_)
+        kernels.bernoulli_keep(x, scale, np.uint64(rng.integers(0, 2**63)), keep)
+        return {
+            "scale": np.array([scale], dtype=np.float32),
+            "keep": np.packbits(keep),
+            "signs": np.packbits(np.signbit(x)),
+        }
 
     def check(self, payload: Payload, size: int) -> None:
         only_fields(payload, {"scale", "keep", "signs"})

@@ -21,3 +21,14 @@ def test_gap_packing_round_trips(spread):
     packed, width = kernels.pack_gaps(idx)
     assert np.array_equal(kernels.unpack_gaps(packed, len(idx), width), idx)
     assert len(packed) == (len(idx) * width + 7) // 8
+
+
+def test_float16_decode_is_exact_for_every_finite_half():
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = (bits & 0x7C00) != 0x7C00
+    halves = bits[finite]
+    out = np.empty(len(halves), dtype=np.float32)
+    assert kernels.float16_to_float32(halves, out, out.view(np.uint32))
+    want = halves.view(np.float16).astype(np.float32)
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+    assert not kernels.float16_to_float32(bits[~finite][:1], out[:1], out[:1].view(np.uint32))
