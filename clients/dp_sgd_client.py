@@ -21,7 +21,6 @@ from clients.sgd_client import SgdClient
 from fl_ext.params import set_weights
 from fl_ext.privacy import GaussianSteps, compute_epsilon
 from fl_ext.privacy.dp_sgd import DpSgdConfig, noise_for, round_plan, train_dp_sgd
-from fl_ext.training import TrainConfig, seed_for
 
 STATE_KEY = "dp-sgd"
 
@@ -67,15 +66,9 @@ class DpSgdClient(SgdClient):
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         set_weights(self.model, parameters)
         dp = dp_config(config)
-        train = TrainConfig(
-            epochs=int(config.get("local-epochs", 1)),
-            batch_size=int(config.get("batch-size", 32)),
-            lr=float(config.get("lr", 0.05)),
-            momentum=float(config.get("momentum", 0.0)),
-            seed=seed_for(
-                int(config.get("seed", 0)), int(config.get("server-round", 0)), self.partition_id
-            ),
-        )
+        train = self.train_config(config)
+        if train.proximal_mu > 0:
+            raise ValueError("DP-SGD clients do not train with FedProx's proximal term")
         history = self._history(config)
         q, steps = round_plan(len(self.train), train.batch_size, train.epochs)
         sigma = noise_for(dp, q, steps)

@@ -38,16 +38,7 @@ class SgdClient(NumPyClient):
         self, parameters: list[np.ndarray], config: dict[str, Any]
     ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         set_weights(self.model, parameters)
-        cfg = TrainConfig(
-            epochs=int(config.get("local-epochs", 1)),
-            batch_size=int(config.get("batch-size", 32)),
-            lr=float(config.get("lr", 0.05)),
-            momentum=float(config.get("momentum", 0.0)),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-            seed=seed_for(
-                int(config.get("seed", 0)), int(config.get("server-round", 0)), self.partition_id
-            ),
-        )
+        cfg = self.train_config(config)
         role = str(config.get(ROLE_KEY, "")) or None  # simulation only: a Byzantine client's role
         data = self.train
         if role == "label_flip":
@@ -59,6 +50,19 @@ class SgdClient(NumPyClient):
         if role is not None and role != "label_flip":
             params = malform(params, role)
         return params, stats.num_examples, metrics
+
+    def train_config(self, config: dict[str, Any]) -> TrainConfig:
+        """Local training settings from the server's ConfigRecord (seeded per round and client)."""
+        return TrainConfig(
+            epochs=int(config.get("local-epochs", 1)),
+            batch_size=int(config.get("batch-size", 32)),
+            lr=float(config.get("lr", 0.05)),
+            momentum=float(config.get("momentum", 0.0)),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            seed=seed_for(
+                int(config.get("seed", 0)), int(config.get("server-round", 0)), self.partition_id
+            ),
+        )
 
     def model_classes(self) -> int:
         """Number of classes of the model's output layer."""
