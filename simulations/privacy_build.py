@@ -69,6 +69,8 @@ def build_privacy(
     num_rounds = int(conf["num_rounds"])
     if mode == "client_level":
         return _client_level(p, conf, path, float(delta), target, sigma, num_rounds)
+    if float((conf.get("strategy") or {}).get("proximal_mu") or 0.0) > 0:
+        raise ValueError("privacy=dp_sgd does not train with FedProx's proximal term: use fedavg")
     grad_mode = p.get("grad_sample_mode", "fused")
     if grad_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(

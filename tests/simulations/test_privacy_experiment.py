@@ -125,6 +125,7 @@ def test_dp_sgd_client_declines_when_its_budget_is_spent(private_homes):
             r"unreachable: .* at least epsilon",
         ),
         (["privacy=client_level", "aggregator=median"], "cannot be combined with"),
+        (["privacy=dp_sgd", "strategy=fedprox"], "proximal term"),
     ],
 )
 def test_bad_privacy_settings_fail_at_start(overrides, match):
