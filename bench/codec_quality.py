@@ -19,6 +19,7 @@ import warnings
 
 from mlflow.tracking import MlflowClient
 
+from fl_ext.tracking import resolve_tracking_uri
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.experiment import build, run
@@ -55,7 +56,7 @@ def one(
         )
     )
     run(InProcessGrid(client_app, nodes), built)
-    client = MlflowClient()
+    client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name(f"codec-{codec}")
     (found,) = client.search_runs([exp.experiment_id], max_results=1)
     up = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "bytes_up_cum")}

@@ -49,7 +49,14 @@ def main() -> None:
             ("10 clients, no DP", [f"num_rounds={r}"], 10),
             (
                 "10 clients, DP-SGD eps=3 (sample-level)",
-                [f"num_rounds={r}", "privacy=dp_sgd", "privacy.target_epsilon=3", "lr=0.1"],
+                [
+                    f"num_rounds={r}",
+                    "privacy=dp_sgd",
+                    "privacy.target_epsilon=3",
+                    "batch_size=64",
+                    "lr=0.1",
+                    "momentum=0.5",
+                ],
                 10,
             ),
             (
