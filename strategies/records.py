@@ -8,6 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fl_ext.codecs.base import PayloadError
+from fl_ext.codecs.frame import pack, unpack
+
 
 def named_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """An ArrayRecord with the given names, in order."""
@@ -19,11 +22,22 @@ def record_to_named(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((name, array.numpy()) for name, array in record.items())
 
 
+PAYLOAD_KEY = "payload"
+PAYLOAD_STYPE = "fl-ext.payload/1"
+
+
 def payload_record(payload: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """A codec payload (named numpy arrays of any dtype) as an ArrayRecord."""
-    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in payload.items()))
+    """A codec payload as an ArrayRecord holding one byte frame (see fl_ext.codecs.frame)."""
+    frame = pack(dict(payload))
+    array = Array(dtype="uint8", shape=(len(frame),), stype=PAYLOAD_STYPE, data=frame)
+    return ArrayRecord(OrderedDict([(PAYLOAD_KEY, array)]))
 
 
 def record_payload(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Inverse of :func:`payload_record`."""
-    return {k: v.numpy() for k, v in record.items()}
+    """Inverse of :func:`payload_record`; PayloadError for anything else."""
+    if list(record.keys()) != [PAYLOAD_KEY]:
+        raise PayloadError(f"expected one array {PAYLOAD_KEY!r}, got {list(record.keys())}")
+    array = record[PAYLOAD_KEY]
+    if array.stype != PAYLOAD_STYPE or array.dtype != "uint8":
+        raise PayloadError(f"payload array has stype {array.stype!r}, dtype {array.dtype!r}")
+    return unpack(array.data)
