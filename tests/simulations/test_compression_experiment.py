@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import Array, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from mlflow.tracking import MlflowClient
 
@@ -11,6 +11,7 @@ from simulations.client_app import app as real_app
 from simulations.config import ConfigError, compose_experiment
 from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from strategies.records import payload_record, record_payload
 
 BASE = ["dataset=digits", "model=mlp", "num_rounds=6", "fraction_evaluate=0.0"]
 
@@ -49,8 +50,9 @@ def _tampering_app(field, value):
         reply = real_app(msg, context)
         first.append(context.node_id) if not first else None
         if context.node_id == first[0]:
-            record = reply.content["arrays"]
-            record[field] = Array(value(record[field].numpy()))
+            payload = record_payload(reply.content["arrays"])
+            payload[field] = value(payload[field])
+            reply.content["arrays"] = payload_record(payload)
         return reply
 
     return app
@@ -60,6 +62,7 @@ def _tampering_app(field, value):
     ("field", "value"),
     [
         ("values.scales", lambda a: np.full_like(a, np.nan)),
+        ("values.q", lambda a: a.astype(np.int16)),
         ("index_meta", lambda a: np.array([a[0], 60], np.int64)),
         ("values.q", lambda a: a[:-1]),
     ],
