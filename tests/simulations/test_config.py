@@ -12,6 +12,8 @@ def test_default_experiment():
         "aggregator": "mean",
         "preagg": "none",
         "attack": "none",
+        "privacy": "none",
+        "codec": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",
