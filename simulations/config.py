@@ -24,6 +24,7 @@ GROUPS = (
     "attack",
     "privacy",
     "codec",
+    "selection",
     "dataset",
     "partition",
     "model",

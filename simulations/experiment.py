@@ -35,6 +35,7 @@ from fl_ext.data.federated import load_split
 from fl_ext.models import ClassifierNet
 from fl_ext.params import ParamSpec, get_weights, set_weights
 from fl_ext.preagg import PreAggregator
+from fl_ext.selection import Selector
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
@@ -93,6 +94,7 @@ def build(experiment: Experiment) -> Built:
         reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
         privacy = build_privacy(conf, split, model)
         compression = build_compression(conf)
+        selector = build_from_spec(conf["selection"], Selector)
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
@@ -100,6 +102,7 @@ def build(experiment: Experiment) -> Built:
             reference_update=reference,
             privacy=privacy,
             compression=compression,
+            selector=selector,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:

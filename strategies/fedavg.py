@@ -33,7 +33,7 @@ from fl_ext.aggregators import (
 )
 from fl_ext.params import ParamSpec
 from fl_ext.privacy.dp_sgd import DECLINED
-from fl_ext.selection import UniformSelector
+from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
@@ -78,6 +78,8 @@ class FlExtFedAvg(FedAvg):
         rule; every round is released and accounted, even with few replies) or sample-level
         DP-SGD in the clients; either keeps the privacy ledger and stops training before a
         budget is exceeded (``stop_reason`` says why).
+    selector : picks the training nodes each round from those eligible (seeded uniform by
+        default); it sees the registry of per-node history the strategy keeps.
     compression : codecs for client updates (and optionally the broadcast); their specs travel
         in the train messages and every payload is checked before it is decoded.
     """
@@ -100,6 +102,7 @@ class FlExtFedAvg(FedAvg):
         reference_update: ReferenceFn | None = None,
         privacy: PrivacyPlan | None = None,
         compression: Compression | None = None,
+        selector: Selector | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -148,9 +151,10 @@ class FlExtFedAvg(FedAvg):
         self.byzantine = byzantine
         if byzantine is not None:
             byzantine.bind(self._attacker_view)
-        self.train_selector = UniformSelector(
+        self.train_selector = selector or UniformSelector(
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
+        self.registry = ClientRegistry()
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
             if fraction_evaluate > 0
@@ -218,7 +222,10 @@ class FlExtFedAvg(FedAvg):
             log(WARNING, "Round %d skipped: %s", server_round, self.round_log.skipped)
             return []
         else:
-            selected = self.train_selector.select(eligible)
+            selected = self.train_selector.select(
+                eligible, registry=self.registry, server_round=server_round
+            )
+        self.registry.on_selected(selected)
         self.round_log.selected = selected
         if self.byzantine is not None:
             self.byzantine.designate(available)
@@ -259,6 +266,7 @@ class FlExtFedAvg(FedAvg):
         spec, global_flat = self._require_global()
         rlog = self.round_log
         updates, accepted = self._collect_updates(list(replies), spec, global_flat)
+        self._update_registry(server_round, accepted)
 
         self.aggregator_state.round = server_round
         if self.aggregation.needs_reference:  # before the attack: the attacker's view needs it
@@ -547,6 +555,25 @@ class FlExtFedAvg(FedAvg):
                 continue
             accepted.append(parsed)
         return updates, accepted
+
+    def _update_registry(self, server_round: int, accepted: list[TrainReply]) -> None:
+        """Utility and speed of the nodes that delivered; a failure for the other selected."""
+        done = set()
+        for r in accepted:
+            loss = r.metrics.get("train_loss")
+            time_s = r.metrics.get("compute_time_s")
+            if isinstance(loss, (int, float)) and loss >= 0:
+                self.registry.on_result(
+                    r.node_id,
+                    server_round,
+                    loss=float(loss),
+                    num_examples=r.num_examples,
+                    duration_s=float(time_s) if isinstance(time_s, (int, float)) else None,
+                )
+                done.add(r.node_id)
+        for node in self.round_log.selected:
+            if node not in done:
+                self.registry.on_failure(node)
 
     def _reject(self, node_id: int, rejection: Rejection) -> None:
         self.round_log.rejected[rejection.reason.value] += 1

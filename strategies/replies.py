@@ -6,6 +6,7 @@ the framework-free ones in :mod:`fl_ext.validation`.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ def _single_metrics(msg: Message) -> dict[str, Any] | Rejection:
 
 
 UPDATE_KEY = "update"
+# A loss or a compute time below zero is a lie (selection would trust it).
+TRAIN_BOUNDS = {"train_loss": (0.0, math.inf), "compute_time_s": (0.0, math.inf)}
 
 
 def _record_and_metrics(
@@ -68,7 +71,7 @@ def _record_and_metrics(
     if isinstance(metrics, Rejection):
         return metrics
     rejection = check_example_count(metrics.get(NUM_EXAMPLES), max_examples) or check_metrics(
-        {k: v for k, v in metrics.items() if k != NUM_EXAMPLES}, required_metrics
+        {k: v for k, v in metrics.items() if k != NUM_EXAMPLES}, required_metrics, TRAIN_BOUNDS
     )
     return rejection or (next(iter(content.array_records.values())), metrics)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 
+from fl_ext.selection.base import Selector
+from fl_ext.selection.registry import ClientRegistry
 
-class UniformSelector:
+
+class UniformSelector(Selector):
     """Pick ``max(ceil(fraction * available), minimum)`` nodes uniformly without replacement.
 
     Flower samples with the global ``random`` module, so two runs with the same seed pick
@@ -15,19 +17,16 @@ class UniformSelector:
     """
 
     def __init__(self, *, fraction: float, minimum: int, seed: int = 0) -> None:
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        if minimum < 1:
-            raise ValueError(f"minimum number of nodes must be >= 1, got {minimum}")
-        self.fraction = float(fraction)
-        self.minimum = int(minimum)
+        super().__init__(fraction=fraction, minimum=minimum, seed=seed)
         self._rng = random.Random(seed)
 
-    def sample_size(self, num_available: int) -> int:
-        """How many nodes a round asks for, given ``num_available`` connected ones."""
-        return min(num_available, max(math.ceil(self.fraction * num_available), self.minimum))
-
-    def select(self, node_ids: Sequence[int]) -> list[int]:
+    def select(
+        self,
+        node_ids: Sequence[int],
+        *,
+        registry: ClientRegistry | None = None,
+        server_round: int = 0,
+    ) -> list[int]:
         """Sorted ids of the selected nodes (ids sorted first, so order of arrival is moot)."""
         pool = sorted(node_ids)
         return sorted(self._rng.sample(pool, self.sample_size(len(pool))))

@@ -14,6 +14,7 @@ def test_default_experiment():
         "attack": "none",
         "privacy": "none",
         "codec": "none",
+        "selection": "uniform",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",

@@ -1,0 +1,36 @@
+"""Selector interface: pick node ids for a round, optionally from the registry's history."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from fl_ext.selection.registry import ClientRegistry
+
+
+class Selector(ABC):
+    """Picks ``max(ceil(fraction * available), minimum)`` of the available nodes."""
+
+    def __init__(self, *, fraction: float, minimum: int, seed: int = 0) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+            raise ValueError(f"minimum number of nodes must be an integer >= 1, got {minimum!r}")
+        self.fraction = float(fraction)
+        self.minimum = int(minimum)
+        self.seed = int(seed)
+
+    def sample_size(self, num_available: int) -> int:
+        """How many nodes a round asks for, given ``num_available`` connected ones."""
+        return min(num_available, max(math.ceil(self.fraction * num_available), self.minimum))
+
+    @abstractmethod
+    def select(
+        self,
+        node_ids: Sequence[int],
+        *,
+        registry: ClientRegistry | None = None,
+        server_round: int = 0,
+    ) -> list[int]:
+        """Sorted ids of the selected nodes."""
