@@ -25,6 +25,7 @@ GROUPS = (
     "privacy",
     "codec",
     "selection",
+    "network",
     "dataset",
     "partition",
     "model",
@@ -141,7 +142,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("round_timeout", "node_wait_timeout"):
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
-    for group in (g for g in GROUPS if g not in ("attack", "privacy", "codec")):  # plain settings
+    for group in (
+        g for g in GROUPS if g not in ("attack", "privacy", "codec", "network")
+    ):  # plain settings
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
     for name, spec in (c.get("preagg") or {}).items():
         _require(

@@ -36,6 +36,7 @@ from fl_ext.models import ClassifierNet
 from fl_ext.params import ParamSpec, get_weights, set_weights
 from fl_ext.preagg import PreAggregator
 from fl_ext.selection import Selector
+from fl_ext.selection.network import SimulatedNetwork
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
@@ -48,6 +49,7 @@ from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
 from strategies.records import named_array_record
+from strategies.stragglers import StragglerPolicy
 
 log = logging.getLogger("fl_ext")
 
@@ -95,6 +97,7 @@ def build(experiment: Experiment) -> Built:
         privacy = build_privacy(conf, split, model)
         compression = build_compression(conf)
         selector = build_from_spec(conf["selection"], Selector)
+        stragglers = build_stragglers(conf)
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
@@ -103,6 +106,7 @@ def build(experiment: Experiment) -> Built:
             privacy=privacy,
             compression=compression,
             selector=selector,
+            stragglers=stragglers,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -140,6 +144,21 @@ def build(experiment: Experiment) -> Built:
         train_config,
         ConfigRecord(data_keys),
     )
+
+
+def build_stragglers(conf: dict[str, Any]) -> StragglerPolicy | None:
+    """The virtual clock of the ``network`` group, or None for ``network=none``."""
+    n = dict(conf.get("network") or {"profile": "none"})
+    profile = n.pop("profile", "none")
+    if profile == "none":
+        return None
+    network = SimulatedNetwork(
+        profile=profile,
+        seed=int(conf["seed"]),
+        diurnal=bool(n.pop("diurnal", False)),
+        period_rounds=int(n.pop("period_rounds", 24)),
+    )
+    return StragglerPolicy(network=network, **n)
 
 
 def root_update_fn(

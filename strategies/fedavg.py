@@ -48,6 +48,7 @@ from strategies.replies import (
     parse_train_reply,
 )
 from strategies.round_log import RoundLog
+from strategies.stragglers import StragglerPolicy
 from strategies.wire import record_wire_bytes
 
 RoundCallback = Callable[[int, dict[str, float]], None]
@@ -80,6 +81,8 @@ class FlExtFedAvg(FedAvg):
         budget is exceeded (``stop_reason`` says why).
     selector : picks the training nodes each round from those eligible (seeded uniform by
         default); it sees the registry of per-node history the strategy keeps.
+    stragglers : simulation of device/network heterogeneity on a virtual clock: availability,
+        dropouts, over-selection, deadline, partial aggregation and the fallback.
     compression : codecs for client updates (and optionally the broadcast); their specs travel
         in the train messages and every payload is checked before it is decoded.
     """
@@ -103,6 +106,7 @@ class FlExtFedAvg(FedAvg):
         privacy: PrivacyPlan | None = None,
         compression: Compression | None = None,
         selector: Selector | None = None,
+        stragglers: StragglerPolicy | None = None,
     ) -> None:
         _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
         _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
@@ -155,6 +159,9 @@ class FlExtFedAvg(FedAvg):
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
         self.registry = ClientRegistry()
+        self.stragglers = stragglers
+        self._needed = 0
+        self._bytes_down_node: dict[int, int] = {}
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
             if fraction_evaluate > 0
@@ -210,6 +217,8 @@ class FlExtFedAvg(FedAvg):
         self.round_log = RoundLog(server_round)
         self._set_global(arrays)
         available = list(grid.get_node_ids())
+        if self.stragglers is not None:  # simulated availability: who is online this round
+            available = [n for n in available if self.stragglers.network.online(n, server_round)]
         self._num_available = len(available)
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
@@ -222,8 +231,14 @@ class FlExtFedAvg(FedAvg):
             log(WARNING, "Round %d skipped: %s", server_round, self.round_log.skipped)
             return []
         else:
+            self._needed = self.train_selector.sample_size(len(eligible))
+            count = (
+                self.stragglers.asked(self._needed, len(eligible))
+                if self.stragglers is not None
+                else self._needed
+            )
             selected = self.train_selector.select(
-                eligible, registry=self.registry, server_round=server_round
+                eligible, registry=self.registry, server_round=server_round, count=count
             )
         self.registry.on_selected(selected)
         self.round_log.selected = selected
@@ -240,7 +255,9 @@ class FlExtFedAvg(FedAvg):
         messages: list[Message] = []
         for key, nodes in groups.items():
             record = self._record(sent, config, dict(key))
-            self.round_log.bytes_down += record_wire_bytes(record) * len(nodes)
+            nbytes = record_wire_bytes(record)
+            self.round_log.bytes_down += nbytes * len(nodes)
+            self._bytes_down_node.update(dict.fromkeys(nodes, nbytes))
             messages += self._construct_messages(record, nodes, MessageType.TRAIN)
         log(
             INFO,
@@ -265,8 +282,21 @@ class FlExtFedAvg(FedAvg):
         """Check every reply, aggregate the valid updates, or skip the round."""
         spec, global_flat = self._require_global()
         rlog = self.round_log
-        updates, accepted = self._collect_updates(list(replies), spec, global_flat)
-        self._update_registry(server_round, accepted)
+        replies = list(replies)
+        clock = None
+        if self.stragglers is not None:
+            clock = self.stragglers.close(
+                server_round, replies, self._needed, len(rlog.selected), self._bytes_down_node
+            )
+            rlog.bytes_up += clock.arrived_bytes
+            replies = clock.kept
+        updates, accepted = self._collect_updates(replies, spec, global_flat, clock is None)
+        self._update_registry(server_round, accepted, clock.durations if clock else {})
+        if clock is not None:
+            rlog.clock = clock
+            if clock.fallback is not None:
+                rlog.skipped = clock.fallback
+                log(WARNING, "ALERT round %d: %s", server_round, clock.fallback)
 
         self.aggregator_state.round = server_round
         if self.aggregation.needs_reference:  # before the attack: the attacker's view needs it
@@ -442,6 +472,8 @@ class FlExtFedAvg(FedAvg):
             metrics.update(self.privacy.metrics())
         if self.compression is not None:
             metrics.update(self.compression.metrics())
+        if self.stragglers is not None:
+            metrics["sim_time_s"] = self.stragglers.sim_time_s
         metrics.update(
             bytes_down_cum=phases.bytes_down,
             bytes_up_cum=phases.bytes_up,
@@ -515,7 +547,11 @@ class FlExtFedAvg(FedAvg):
         return self.aggregation(stacked, None, state)
 
     def _collect_updates(
-        self, replies: list[Message], spec: ParamSpec, global_flat: torch.Tensor
+        self,
+        replies: list[Message],
+        spec: ParamSpec,
+        global_flat: torch.Tensor,
+        count_bytes: bool = True,
     ) -> tuple[torch.Tensor, list[TrainReply]]:
         """Check every reply; rows ``[:len(accepted)]`` of the result are the valid updates."""
         rlog = self.round_log
@@ -524,7 +560,7 @@ class FlExtFedAvg(FedAvg):
         seen: set[int] = set()
         for msg in replies:
             node_id = msg.metadata.src_node_id
-            if msg.has_content():
+            if msg.has_content() and count_bytes:
                 nbytes = record_wire_bytes(msg.content)
                 rlog.bytes_up += nbytes
                 if isinstance(self.compression, AdaptiveCompression):
@@ -556,12 +592,17 @@ class FlExtFedAvg(FedAvg):
             accepted.append(parsed)
         return updates, accepted
 
-    def _update_registry(self, server_round: int, accepted: list[TrainReply]) -> None:
-        """Utility and speed of the nodes that delivered; a failure for the other selected."""
+    def _update_registry(
+        self, server_round: int, accepted: list[TrainReply], durations: dict[int, float]
+    ) -> None:
+        """Utility and speed of the nodes that delivered; a failure for the other selected.
+
+        ``durations``: simulated round times (the clock's), else the reported compute time.
+        """
         done = set()
         for r in accepted:
             loss = r.metrics.get("train_loss")
-            time_s = r.metrics.get("compute_time_s")
+            time_s = durations.get(r.node_id, r.metrics.get("compute_time_s"))
             if isinstance(loss, (int, float)) and loss >= 0:
                 self.registry.on_result(
                     r.node_id,
@@ -574,6 +615,8 @@ class FlExtFedAvg(FedAvg):
         for node in self.round_log.selected:
             if node not in done:
                 self.registry.on_failure(node)
+                if node in durations:
+                    self.registry.on_duration(node, durations[node])
 
     def _reject(self, node_id: int, rejection: Rejection) -> None:
         self.round_log.rejected[rejection.reason.value] += 1

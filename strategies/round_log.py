@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from strategies.stragglers import ClockRound
 
 
 @dataclass
@@ -23,6 +27,7 @@ class RoundLog:
     eval_replied: int = 0
     eval_failed: int = 0
     eval_rejected: int = 0
+    clock: ClockRound | None = None  # the virtual clock's decisions (simulated heterogeneity)
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric view for MLflow."""
@@ -41,4 +46,12 @@ class RoundLog:
         }
         for reason, count in self.rejected.items():
             out[f"rejected_{reason}"] = count
+        if self.clock is not None:
+            out.update(
+                clients_dropped=self.clock.dropped,
+                clients_late=self.clock.late,
+                clients_completed=len(self.clock.kept),
+                straggler_index=self.clock.straggler_index,
+                sim_round_s=self.clock.sim_round_s,
+            )
         return out

@@ -32,5 +32,9 @@ class Selector(ABC):
         *,
         registry: ClientRegistry | None = None,
         server_round: int = 0,
+        count: int | None = None,
     ) -> list[int]:
-        """Sorted ids of the selected nodes."""
+        """Sorted ids of the selected nodes (``count`` of them if given, else the fraction)."""
+
+    def _count(self, num_available: int, count: int | None) -> int:
+        return self.sample_size(num_available) if count is None else min(count, num_available)

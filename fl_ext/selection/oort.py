@@ -87,9 +87,10 @@ class OortSelector(Selector):
         *,
         registry: ClientRegistry | None = None,
         server_round: int = 0,
+        count: int | None = None,
     ) -> list[int]:
         pool = sorted(node_ids)
-        k = self.sample_size(len(pool))
+        k = self._count(len(pool), count)
         registry = registry or ClientRegistry()
         if self.max_participation is not None:
             capped = [
@@ -137,9 +138,10 @@ class PowerOfChoiceSelector(Selector):
         *,
         registry: ClientRegistry | None = None,
         server_round: int = 0,
+        count: int | None = None,
     ) -> list[int]:
         pool = sorted(node_ids)
-        k = self.sample_size(len(pool))
+        k = self._count(len(pool), count)
         registry = registry or ClientRegistry()
         d = min(len(pool), math.ceil(self.d_factor * k))
         sizes = np.array(

@@ -72,6 +72,15 @@ class ClientRegistry:
                 else _EWMA * duration_s + (1 - _EWMA) * r.duration_s
             )
 
+    def on_duration(self, node: int, duration_s: float) -> None:
+        """A round time observed without a usable update (a late reply): speed still counts."""
+        if not duration_s >= 0:
+            raise ValueError(f"duration must be >= 0, got {duration_s}")
+        r = self._record(node)
+        r.duration_s = (
+            duration_s if r.duration_s is None else _EWMA * duration_s + (1 - _EWMA) * r.duration_s
+        )
+
     def on_failure(self, node: int) -> None:
         """Selected but no valid update (error, rejection, no reply)."""
         self._record(node).failed += 1

@@ -26,7 +26,8 @@ class UniformSelector(Selector):
         *,
         registry: ClientRegistry | None = None,
         server_round: int = 0,
+        count: int | None = None,
     ) -> list[int]:
         """Sorted ids of the selected nodes (ids sorted first, so order of arrival is moot)."""
         pool = sorted(node_ids)
-        return sorted(self._rng.sample(pool, self.sample_size(len(pool))))
+        return sorted(self._rng.sample(pool, self._count(len(pool), count)))

@@ -15,6 +15,7 @@ def test_default_experiment():
         "privacy": "none",
         "codec": "none",
         "selection": "uniform",
+        "network": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",

@@ -1,0 +1,144 @@
+"""Deadlines, over-selection, partial aggregation and the fallback, on a virtual clock.
+
+Per round: the selector is asked for ``ceil(over_selection * K)`` nodes (K = what the round
+needs); each reply gets its simulated arrival time from :class:`SimulatedNetwork` (reported
+compute time x speed + the real bytes over the node's links + latency); nodes that drop this
+round never answer. The round closes at the K-th arrival or at the deadline (fixed
+``deadline_s``, or the ``deadline_percentile`` of past arrival times), whichever is first;
+later replies are *late* and not used. If at least ``partial_fraction`` of K arrived the round
+aggregates them (partial aggregation); if more than ``fallback_fraction`` of the asked nodes
+dropped or were late, the round is abandoned: the model is kept, an alert is logged, training
+goes on. The simulated time of each round and the running total are reported, so time to
+accuracy is in simulated seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message
+
+from fl_ext.selection.network import SimulatedNetwork
+from strategies.wire import record_wire_bytes
+
+
+@dataclass
+class ClockRound:
+    """What the clock decided for one round."""
+
+    kept: list[Message] = field(default_factory=list)
+    dropped: int = 0
+    late: int = 0
+    sim_round_s: float = 0.0
+    straggler_index: float = 1.0
+    fallback: str | None = None
+    durations: dict[int, float] = field(default_factory=dict)  # arrival time per answering node
+    arrived_bytes: int = 0  # every reply that reached the server (kept, late or discarded)
+
+
+class StragglerPolicy:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        network: SimulatedNetwork,
+        over_selection: float = 1.3,
+        deadline_s: float | None = None,
+        deadline_percentile: float | None = 90.0,
+        partial_fraction: float = 0.8,
+        fallback_fraction: float = 0.5,
+    ) -> None:
+        if not over_selection >= 1:
+            raise ValueError(f"over_selection must be >= 1, got {over_selection}")
+        if deadline_s is not None and not deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 or null, got {deadline_s}")
+        if deadline_percentile is not None and not 0 < deadline_percentile <= 100:
+            raise ValueError(f"deadline_percentile must be in (0, 100], got {deadline_percentile}")
+        for name, value in (
+            ("partial_fraction", partial_fraction),
+            ("fallback_fraction", fallback_fraction),
+        ):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        self.network = network
+        self.over_selection = float(over_selection)
+        self.deadline_s, self.deadline_percentile = deadline_s, deadline_percentile
+        self.partial_fraction, self.fallback_fraction = (
+            float(partial_fraction),
+            float(fallback_fraction),
+        )
+        self.history: list[float] = []  # past arrival times, for the adaptive deadline
+        self.sim_time_s = 0.0
+
+    def asked(self, needed: int, available: int) -> int:
+        """How many nodes to select so that ``needed`` replies arrive despite dropouts."""
+        return min(available, math.ceil(self.over_selection * needed))
+
+    def deadline(self) -> float:
+        if self.deadline_s is not None:
+            return self.deadline_s
+        if self.deadline_percentile is None or len(self.history) < 10:
+            return math.inf
+        return float(np.percentile(self.history[-1000:], self.deadline_percentile))
+
+    def close(
+        self, server_round: int, replies: list[Message], needed: int, asked: int,
+        bytes_down: dict[int, int],
+    ) -> ClockRound:  # fmt: skip
+        """Which replies count, and how long the round took on the simulated clock."""
+        out = ClockRound()
+        arrivals: list[tuple[float, Message]] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if self.network.drops(node, server_round):
+                out.dropped += 1
+                continue
+            compute = 0.0
+            if msg.has_content() and "metrics" in msg.content:
+                value = dict(msg.content["metrics"]).get("compute_time_s", 0.0)
+                compute = float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
+            up = record_wire_bytes(msg.content) if msg.has_content() else 0
+            out.arrived_bytes += up
+            arrivals.append(
+                (self.network.round_time(node, compute, bytes_down.get(node, 0), up), msg)
+            )
+        out.dropped += max(asked - len(replies), 0)  # no reply at all (timeout, vanished node)
+        arrivals.sort(key=lambda a: a[0])
+        times = [t for t, _ in arrivals]
+        self.history += times
+        limit = self.deadline()
+        on_time = [(t, m) for t, m in arrivals if t <= limit]
+        out.late = len(arrivals) - len(on_time)
+        kept = on_time[:needed]
+        out.late += len(on_time) - len(kept)  # beyond the K first: not waited for
+        out.kept = [m for _, m in kept]
+        kept_ids = {id(m) for m in out.kept}
+        out.late_bytes = sum(
+            record_wire_bytes(m.content)
+            for _, m in arrivals
+            if id(m) not in kept_ids and m.has_content()
+        )
+        if len(kept) >= needed:
+            out.sim_round_s = kept[-1][0]
+        else:
+            out.sim_round_s = limit if math.isfinite(limit) else (times[-1] if times else 0.0)
+        if times:
+            out.straggler_index = float(np.percentile(times, 99) / max(np.median(times), 1e-12))
+        failed = out.dropped + (len(arrivals) - len(on_time))
+        if failed > self.fallback_fraction * asked:
+            out.fallback = (
+                f"{failed} of {asked} selected nodes dropped or missed the deadline "
+                f"({limit:.2f} s): global model kept"
+            )
+            out.kept = []
+        elif len(kept) < math.ceil(self.partial_fraction * needed):
+            out.fallback = (
+                f"only {len(kept)} of the {needed} needed updates arrived by {limit:.2f} s "
+                f"(partial aggregation needs {self.partial_fraction:.0%}): global model kept"
+            )
+            out.kept = []
+        self.sim_time_s += out.sim_round_s
+        return out

@@ -1,0 +1,76 @@
+"""Simulated heterogeneity on the virtual clock: dropouts, deadlines, fallback, metrics."""
+
+import itertools
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fl_ext.selection.network import SimulatedNetwork
+from fl_ext.tracking import resolve_tracking_uri
+from simulations.client_app import app as client_app
+from simulations.config import ConfigError, compose_experiment
+from simulations.experiment import build, run
+from simulations.inprocess import InProcessGrid
+
+BASE = ["dataset=digits", "model=mlp", "num_rounds=5", "fraction_evaluate=0.0"]
+
+
+def test_profiles_are_seeded_and_round_times_follow_the_bytes():
+    a, b = SimulatedNetwork(profile="mixed", seed=1), SimulatedNetwork(profile="mixed", seed=1)
+    assert [a.node(n) for n in range(20)] == [b.node(n) for n in range(20)]
+    assert [a.online(n, 3) for n in range(20)] == [b.online(n, 3) for n in range(20)]
+    p = a.node(7)
+    t = a.round_time(7, compute_s=0.5, bytes_down=10**6, bytes_up=2 * 10**6)
+    want = 0.5 * p.speed + 8 / p.down_mbps + 16 / p.up_mbps + 2 * p.latency_s
+    assert math.isclose(t, want)
+    ideal = SimulatedNetwork(profile="ideal")
+    assert ideal.round_time(1, 0.5, 10**9, 10**9) == 0.5 and ideal.online(1, 9)
+
+
+def test_mixed_network_round_with_over_selection_dropouts_and_clock():
+    built = build(
+        compose_experiment([*BASE, "network=mixed", "selection=oort", "fraction_train=0.4"])
+    )
+    run(InProcessGrid(client_app, 20), built)
+    client = MlflowClient(resolve_tracking_uri())
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs([exp.experiment_id], max_results=1)
+    run_id = found.info.run_id
+    sim = [m.value for m in client.get_metric_history(run_id, "sim_time_s")]
+    assert len(sim) == 5 and all(
+        b > a for a, b in itertools.pairwise(sim)
+    )  # the clock only advances
+    m = found.data.metrics
+    for key in ("clients_dropped", "clients_late", "clients_completed", "straggler_index"):
+        assert key in m
+    selected = [x.value for x in client.get_metric_history(run_id, "clients_selected")]
+    online = max(selected)
+    assert online <= 20 and min(selected) >= 1
+    assert max(built.history.values()) > built.history[0] + 0.1  # it learns; speed: the study
+
+
+def test_fixed_deadline_nobody_meets_keeps_the_model():
+    built = build(
+        compose_experiment(
+            [*BASE, "network=mobile", "network.deadline_s=0.001", "tracking=none", "num_rounds=2"]
+        )
+    )
+    run(InProcessGrid(client_app, 6), built)
+    assert built.history[2] == built.history[0]  # every round fell back
+    assert "global model kept" in built.strategy.round_log.skipped
+
+
+def test_bad_network_settings():
+    with pytest.raises(ConfigError, match="over_selection"):
+        build(
+            compose_experiment(
+                [*BASE, "network=mixed", "network.over_selection=0.5", "tracking=none"]
+            )
+        )
+    with pytest.raises(ConfigError, match="not one of"):
+        build(
+            compose_experiment(
+                [*BASE, "network=mixed", "network.profile=satellite", "tracking=none"]
+            )
+        )
