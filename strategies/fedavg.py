@@ -162,6 +162,7 @@ class FlExtFedAvg(FedAvg):
         self.stragglers = stragglers
         self._needed = 0
         self._bytes_down_node: dict[int, int] = {}
+        self._epochs_node: dict[int, int] = {}
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
             if fraction_evaluate > 0
@@ -258,6 +259,8 @@ class FlExtFedAvg(FedAvg):
             nbytes = record_wire_bytes(record)
             self.round_log.bytes_down += nbytes * len(nodes)
             self._bytes_down_node.update(dict.fromkeys(nodes, nbytes))
+            epochs = dict(key).get("local-epochs", config.get("local-epochs", 1))
+            self._epochs_node.update(dict.fromkeys(nodes, int(epochs)))
             messages += self._construct_messages(record, nodes, MessageType.TRAIN)
         log(
             INFO,
@@ -286,7 +289,12 @@ class FlExtFedAvg(FedAvg):
         clock = None
         if self.stragglers is not None:
             clock = self.stragglers.close(
-                server_round, replies, self._needed, len(rlog.selected), self._bytes_down_node
+                server_round,
+                replies,
+                needed=self._needed,
+                asked=len(rlog.selected),
+                bytes_down=self._bytes_down_node,
+                epochs=self._epochs_node,
             )
             rlog.bytes_up += clock.arrived_bytes
             replies = clock.kept

@@ -23,6 +23,8 @@ from flwr.app import Message
 from fl_ext.selection.network import SimulatedNetwork
 from strategies.wire import record_wire_bytes
 
+_HISTORY = 1000  # past arrival times kept for the adaptive deadline
+
 
 @dataclass
 class ClockRound:
@@ -50,6 +52,7 @@ class StragglerPolicy:
         deadline_percentile: float | None = 90.0,
         partial_fraction: float = 0.8,
         fallback_fraction: float = 0.5,
+        seconds_per_example: float | None = 0.001,
     ) -> None:
         if not over_selection >= 1:
             raise ValueError(f"over_selection must be >= 1, got {over_selection}")
@@ -70,8 +73,23 @@ class StragglerPolicy:
             float(partial_fraction),
             float(fallback_fraction),
         )
+        if seconds_per_example is not None and not seconds_per_example > 0:
+            raise ValueError(f"seconds_per_example must be > 0 or null, got {seconds_per_example}")
+        self.seconds_per_example = seconds_per_example
         self.history: list[float] = []  # past arrival times, for the adaptive deadline
         self.sim_time_s = 0.0
+
+    def _compute_s(self, msg: Message, epochs: int) -> float:
+        """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""
+        if not (msg.has_content() and "metrics" in msg.content):
+            return 0.0
+        metrics = dict(msg.content["metrics"])
+        if self.seconds_per_example is not None:
+            n = metrics.get("num-examples", 0)
+            n = n if isinstance(n, int) and n >= 0 else 0
+            return n * epochs * self.seconds_per_example
+        value = metrics.get("compute_time_s", 0.0)
+        return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
 
     def asked(self, needed: int, available: int) -> int:
         """How many nodes to select so that ``needed`` replies arrive despite dropouts."""
@@ -82,11 +100,11 @@ class StragglerPolicy:
             return self.deadline_s
         if self.deadline_percentile is None or len(self.history) < 10:
             return math.inf
-        return float(np.percentile(self.history[-1000:], self.deadline_percentile))
+        return float(np.percentile(self.history, self.deadline_percentile))
 
     def close(
-        self, server_round: int, replies: list[Message], needed: int, asked: int,
-        bytes_down: dict[int, int],
+        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
+        bytes_down: dict[int, int], epochs: dict[int, int],
     ) -> ClockRound:  # fmt: skip
         """Which replies count, and how long the round took on the simulated clock."""
         out = ClockRound()
@@ -96,10 +114,7 @@ class StragglerPolicy:
             if self.network.drops(node, server_round):
                 out.dropped += 1
                 continue
-            compute = 0.0
-            if msg.has_content() and "metrics" in msg.content:
-                value = dict(msg.content["metrics"]).get("compute_time_s", 0.0)
-                compute = float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
+            compute = self._compute_s(msg, epochs.get(node, 1))
             up = record_wire_bytes(msg.content) if msg.has_content() else 0
             out.arrived_bytes += up
             arrivals.append(
@@ -108,7 +123,7 @@ class StragglerPolicy:
         out.dropped += max(asked - len(replies), 0)  # no reply at all (timeout, vanished node)
         arrivals.sort(key=lambda a: a[0])
         times = [t for t, _ in arrivals]
-        self.history += times
+        self.history = (self.history + times)[-_HISTORY:]  # bounded: cost does not grow with rounds
         limit = self.deadline()
         on_time = [(t, m) for t, m in arrivals if t <= limit]
         out.late = len(arrivals) - len(on_time)
