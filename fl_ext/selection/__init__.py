@@ -4,6 +4,7 @@ from fl_ext.selection.base import Selector
 from fl_ext.selection.oort import OortSelector, PowerOfChoiceSelector
 from fl_ext.selection.registry import ClientRegistry, NodeRecord
 from fl_ext.selection.uniform import UniformSelector
+from fl_ext.selection.weighted import WeightedSelector
 
 __all__ = [
     "ClientRegistry",
@@ -12,4 +13,5 @@ __all__ = [
     "PowerOfChoiceSelector",
     "Selector",
     "UniformSelector",
+    "WeightedSelector",
 ]

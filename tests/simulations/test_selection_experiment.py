@@ -12,7 +12,7 @@ from simulations.inprocess import InProcessGrid
 BASE = ["dataset=digits", "model=mlp", "num_rounds=4", "fraction_evaluate=0.0", "tracking=none"]
 
 
-@pytest.mark.parametrize("selection", ["oort", "power_of_choice"])
+@pytest.mark.parametrize("selection", ["oort", "power_of_choice", "weighted"])
 def test_guided_selectors_train_and_keep_history(selection):
     built = build(compose_experiment([*BASE, f"selection={selection}", "fraction_train=0.5"]))
     run(InProcessGrid(real_app, 8), built)

@@ -4,7 +4,13 @@ from collections import Counter
 
 import pytest
 
-from fl_ext.selection import ClientRegistry, OortSelector, PowerOfChoiceSelector, UniformSelector
+from fl_ext.selection import (
+    ClientRegistry,
+    OortSelector,
+    PowerOfChoiceSelector,
+    UniformSelector,
+    WeightedSelector,
+)
 
 NODES = list(range(100, 140))  # 40 nodes
 
@@ -19,7 +25,9 @@ def _registry(loss_of, duration_of=lambda n: 1.0, rounds=1):
     return reg
 
 
-@pytest.mark.parametrize("cls", [UniformSelector, OortSelector, PowerOfChoiceSelector])
+@pytest.mark.parametrize(
+    "cls", [UniformSelector, OortSelector, PowerOfChoiceSelector, WeightedSelector]
+)
 def test_k_distinct_sorted_and_reproducible(cls):
     reg = _registry(lambda n: (n % 7) / 7)
     a = cls(fraction=0.25, minimum=2, seed=3).select(NODES, registry=reg, server_round=2)
@@ -92,3 +100,19 @@ def test_registry_updates_and_rejects_bad_reports():
 def test_bad_oort_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OortSelector(**{"fraction": 0.5, "minimum": 1, **kwargs})
+
+
+def test_weighted_selector_avoids_unreliable_nodes_and_favours_high_loss():
+    reg = _registry(lambda n: 3.0 if n < 110 else 1.0)
+    for n in range(130, 140):  # ten nodes that failed four times
+        reg.on_selected([n] * 4)
+        for _ in range(4):
+            reg.on_failure(n)
+    sel = WeightedSelector(fraction=0.25, minimum=1, seed=0)
+    counts = Counter(n for _ in range(300) for n in sel.select(NODES, registry=reg))
+    per = {
+        "high_loss": sum(counts[n] for n in range(100, 110)) / 10,
+        "normal": sum(counts[n] for n in range(110, 130)) / 20,
+        "unreliable": sum(counts[n] for n in range(130, 140)) / 10,
+    }
+    assert per["high_loss"] > per["normal"] > 3 * per["unreliable"]
