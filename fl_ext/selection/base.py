@@ -25,7 +25,6 @@ class Selector(ABC):
         """How many nodes a round asks for, given ``num_available`` connected ones."""
         return min(num_available, max(math.ceil(self.fraction * num_available), self.minimum))
 
-    @abstractmethod
     def select(
         self,
         node_ids: Sequence[int],
@@ -35,6 +34,13 @@ class Selector(ABC):
         count: int | None = None,
     ) -> list[int]:
         """Sorted ids of the selected nodes (``count`` of them if given, else the fraction)."""
+        pool = sorted(node_ids)  # sorted first: the order nodes connected in is moot
+        k = self.sample_size(len(pool)) if count is None else min(count, len(pool))
+        picked = self.pick(pool, k, registry or ClientRegistry(), server_round)
+        return sorted(int(n) for n in picked)
 
-    def _count(self, num_available: int, count: int | None) -> int:
-        return self.sample_size(num_available) if count is None else min(count, num_available)
+    @abstractmethod
+    def pick(
+        self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
+    ) -> Sequence[int]:
+        """``k`` distinct nodes of the sorted ``pool``."""

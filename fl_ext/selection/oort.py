@@ -81,17 +81,9 @@ class OortSelector(Selector):
             out[n] = u
         return out
 
-    def select(
-        self,
-        node_ids: Sequence[int],
-        *,
-        registry: ClientRegistry | None = None,
-        server_round: int = 0,
-        count: int | None = None,
-    ) -> list[int]:
-        pool = sorted(node_ids)
-        k = self._count(len(pool), count)
-        registry = registry or ClientRegistry()
+    def pick(
+        self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
+    ) -> Sequence[int]:
         if self.max_participation is not None:
             capped = [
                 n for n in pool
@@ -114,7 +106,7 @@ class OortSelector(Selector):
             probs = weights / weights.sum()
             chosen = self._rng.choice(candidates, size=n_exploit, replace=False, p=probs)
             picked += list(chosen)
-        return sorted(int(n) for n in picked)
+        return [int(n) for n in picked]
 
 
 class PowerOfChoiceSelector(Selector):
@@ -132,17 +124,9 @@ class PowerOfChoiceSelector(Selector):
         self.d_factor = float(d_factor)
         self._rng = np.random.default_rng(seed)
 
-    def select(
-        self,
-        node_ids: Sequence[int],
-        *,
-        registry: ClientRegistry | None = None,
-        server_round: int = 0,
-        count: int | None = None,
-    ) -> list[int]:
-        pool = sorted(node_ids)
-        k = self._count(len(pool), count)
-        registry = registry or ClientRegistry()
+    def pick(
+        self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
+    ) -> Sequence[int]:
         d = min(len(pool), math.ceil(self.d_factor * k))
         sizes = np.array(
             [float(((r := registry.get(n)) and r.num_examples) or 1.0) for n in pool],
@@ -157,4 +141,4 @@ class PowerOfChoiceSelector(Selector):
             return r.utility / r.num_examples
 
         ranked = sorted((int(n) for n in candidates), key=lambda n: (-loss(n), n))
-        return sorted(ranked[:k])
+        return ranked[:k]

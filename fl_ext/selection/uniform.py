@@ -20,14 +20,7 @@ class UniformSelector(Selector):
         super().__init__(fraction=fraction, minimum=minimum, seed=seed)
         self._rng = random.Random(seed)
 
-    def select(
-        self,
-        node_ids: Sequence[int],
-        *,
-        registry: ClientRegistry | None = None,
-        server_round: int = 0,
-        count: int | None = None,
-    ) -> list[int]:
-        """Sorted ids of the selected nodes (ids sorted first, so order of arrival is moot)."""
-        pool = sorted(node_ids)
-        return sorted(self._rng.sample(pool, self._count(len(pool), count)))
+    def pick(
+        self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
+    ) -> Sequence[int]:
+        return self._rng.sample(pool, k)

@@ -45,16 +45,8 @@ class WeightedSelector(Selector):
         quality = loss / loss[known].mean() if known.any() else loss
         return np.asarray(rel**self.beta * (1.0 + quality) + 1e-12, dtype=np.float64)
 
-    def select(
-        self,
-        node_ids: Sequence[int],
-        *,
-        registry: ClientRegistry | None = None,
-        server_round: int = 0,
-        count: int | None = None,
-    ) -> list[int]:
-        pool = sorted(node_ids)
-        k = self._count(len(pool), count)
-        w = self.weights(pool, registry or ClientRegistry())
-        picked = self._rng.choice(pool, size=k, replace=False, p=w / w.sum())
-        return sorted(int(n) for n in picked)
+    def pick(
+        self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
+    ) -> Sequence[int]:
+        w = self.weights(pool, registry)
+        return [int(n) for n in self._rng.choice(pool, size=k, replace=False, p=w / w.sum())]
