@@ -286,6 +286,8 @@ class FlExtFedAvg(FedAvg):
         spec, global_flat = self._require_global()
         rlog = self.round_log
         replies = list(replies)
+        if isinstance(self.privacy, SampleLevelDP):  # every client that trained spent privacy
+            self.privacy.record(server_round, replies)
         clock = None
         if self.stragglers is not None:
             clock = self.stragglers.close(
@@ -315,8 +317,6 @@ class FlExtFedAvg(FedAvg):
             updates, accepted = self._inject_attack(updates, accepted)
 
         metrics = MetricRecord({"clients_valid": len(accepted)})
-        if isinstance(self.privacy, SampleLevelDP):
-            self.privacy.record(server_round, accepted)  # spent whether or not the round is used
         if isinstance(self.privacy, ClientLevelDP):
             delta = self.privacy.aggregate(
                 server_round, updates[: len(accepted)], self._num_available

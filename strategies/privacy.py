@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import Message
 from flwr.supercore import log
 
 from fl_ext.aggregators import RobustAggregation, WeightedMean
@@ -122,9 +123,8 @@ class ClientLevelDP:
         return {**self.last, **self.ledger.metrics()}
 
 
-def parse_dp_metrics(reply: TrainReply) -> tuple[str, GaussianSteps] | Rejection:
-    """The (client key, spend) a DP-SGD reply reports, or why it is unusable."""
-    m = reply.metrics
+def parse_dp_metrics(m: Mapping[str, Any]) -> tuple[str, GaussianSteps] | Rejection:
+    """The (client key, spend) a DP-SGD reply's metrics report, or why they are unusable."""
     try:
         client = m["dp-client"]
         entry = GaussianSteps(
@@ -197,39 +197,47 @@ class SampleLevelDP:
         self.exhausted.add(node_id)
         log(INFO, "\t> node %d declined: %s", node_id, reason)
 
-    def record(self, server_round: int, accepted: list[TrainReply]) -> None:
-        """Add every accepted client's spend to the ledger; check what clients claim."""
+    def record(self, server_round: int, replies: list[Message]) -> None:
+        """Add the spend of every client that trained this round to the ledger.
+
+        Every reply with readable DP figures counts -- also one that is late, dropped by the
+        simulated network or rejected later: its client trained, so its data was used. The
+        client's claimed epsilon is compared with the ledger's.
+        """
         spends: dict[str, GaussianSteps] = {}
-        for reply in accepted:
-            parsed = parse_dp_metrics(reply)
-            assert not isinstance(parsed, Rejection)  # filtered by check_reply
+        claims: dict[int, float] = {}
+        for msg in replies:
+            if not (msg.has_content() and "metrics" in msg.content):
+                continue
+            metrics = dict(msg.content["metrics"])
+            parsed = parse_dp_metrics(metrics)
+            if isinstance(parsed, Rejection):
+                continue  # rejected as a reply; nothing trustworthy to record
             key, entry = parsed
+            if key in spends:
+                continue  # a second reply claiming the same client: the first one counts
             spends[key] = entry
-            self.node_keys[reply.node_id] = key
+            node = msg.metadata.src_node_id
+            self.node_keys[node] = key
+            claim = metrics.get("dp-epsilon")
+            claims[node] = float(claim) if isinstance(claim, (int, float)) else math.nan
         self.ledger.record_round(server_round, mechanism="dp_sgd", sample_level=spends)
-        for reply in accepted:
-            key = self.node_keys[reply.node_id]
+        for node, claimed in claims.items():
+            key = self.node_keys[node]
             eps = self.ledger.sample_level_epsilon(key)
-            claimed = float(reply.metrics.get("dp-epsilon", math.nan))
             if not math.isclose(claimed, eps, rel_tol=0.01):
-                log(
-                    WARNING,
-                    "client %s reports epsilon %.4g, the ledger has %.4g",
-                    key,
-                    claimed,
-                    eps,
-                )
+                log(WARNING, "client %s claims epsilon %.4g, ledger %.4g", key, claimed, eps)
             if self.target_epsilon is not None and eps > self.target_epsilon * (1 + 1e-9):
                 log(WARNING, "client %s spent epsilon %.4g past its budget", key, eps)
-                self.exhausted.add(reply.node_id)
+                self.exhausted.add(node)
             elif self.target_epsilon is not None:
                 last = self.ledger.sample_level[key][-1]
                 if not self.ledger.sample_level_fits(key, last):
-                    self.exhausted.add(reply.node_id)  # its next round would not fit
+                    self.exhausted.add(node)  # its next round would not fit
         self.last = {"dp_clients_exhausted": float(len(self.exhausted))}
 
     def check_reply(self, reply: TrainReply) -> Rejection | None:
-        parsed = parse_dp_metrics(reply)
+        parsed = parse_dp_metrics(reply.metrics)
         return parsed if isinstance(parsed, Rejection) else None
 
     def metrics(self) -> dict[str, float]:

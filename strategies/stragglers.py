@@ -130,13 +130,7 @@ class StragglerPolicy:
         kept = on_time[:needed]
         out.late += len(on_time) - len(kept)  # beyond the K first: not waited for
         out.kept = [m for _, m in kept]
-        kept_ids = {id(m) for m in out.kept}
-        out.late_bytes = sum(
-            record_wire_bytes(m.content)
-            for _, m in arrivals
-            if id(m) not in kept_ids and m.has_content()
-        )
-        if len(kept) >= needed:
+        if kept and len(kept) >= needed:
             out.sim_round_s = kept[-1][0]
         else:
             out.sim_round_s = limit if math.isfinite(limit) else (times[-1] if times else 0.0)

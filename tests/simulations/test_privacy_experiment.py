@@ -149,3 +149,21 @@ def test_restarted_run_continues_the_ledger(private_homes):
     assert len(ledger.rounds) == 4
     want = compute_epsilon([GaussianSteps(1.0, 0.5, 4)], 1e-5, "rdp")
     assert ledger.client_level_epsilon() == pytest.approx(want)
+
+
+def test_late_replies_still_count_as_spent(private_homes):
+    # A deadline nobody meets: no update is used, but every client trained on its data.
+    built, _, found = _run(
+        [
+            "privacy=dp_sgd",
+            "privacy.target_epsilon=50",
+            "network=mobile",
+            "network.deadline_s=0.001",
+            "num_rounds=1",
+        ],
+        nodes=8,
+    )
+    assert built.history[1] == built.history[0]
+    ledger = built.strategy.privacy.ledger
+    assert len(ledger.sample_level) == len(built.strategy.round_log.selected) >= 2
+    assert found.data.metrics["dp_epsilon_sample_level_max"] > 0
