@@ -117,9 +117,9 @@ class StragglerPolicy:
             compute = self._compute_s(msg, epochs.get(node, 1))
             up = record_wire_bytes(msg.content) if msg.has_content() else 0
             out.arrived_bytes += up
-            arrivals.append(
-                (self.network.round_time(node, compute, bytes_down.get(node, 0), up), msg)
-            )
+            t = self.network.round_time(node, compute, bytes_down.get(node, 0), up)
+            arrivals.append((t, msg))
+            out.durations[node] = t
         out.dropped += max(asked - len(replies), 0)  # no reply at all (timeout, vanished node)
         arrivals.sort(key=lambda a: a[0])
         times = [t for t, _ in arrivals]
