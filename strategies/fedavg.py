@@ -286,6 +286,7 @@ class FlExtFedAvg(FedAvg):
         spec, global_flat = self._require_global()
         rlog = self.round_log
         replies = list(replies)
+        sizes = {id(m): record_wire_bytes(m.content) for m in replies if m.has_content()}
         if isinstance(self.privacy, SampleLevelDP):  # every client that trained spent privacy
             self.privacy.record(server_round, replies)
         clock = None
@@ -297,10 +298,12 @@ class FlExtFedAvg(FedAvg):
                 asked=len(rlog.selected),
                 bytes_down=self._bytes_down_node,
                 epochs=self._epochs_node,
+                bytes_up=sizes,
             )
-            rlog.bytes_up += clock.arrived_bytes
+        self._count_upload(clock.arrived if clock else replies, sizes)
+        if clock is not None:
             replies = clock.kept
-        updates, accepted = self._collect_updates(replies, spec, global_flat, clock is None)
+        updates, accepted = self._collect_updates(replies, spec, global_flat)
         self._update_registry(server_round, accepted, clock.durations if clock else {})
         if clock is not None:
             rlog.clock = clock
@@ -559,7 +562,6 @@ class FlExtFedAvg(FedAvg):
         replies: list[Message],
         spec: ParamSpec,
         global_flat: torch.Tensor,
-        count_bytes: bool = True,
     ) -> tuple[torch.Tensor, list[TrainReply]]:
         """Check every reply; rows ``[:len(accepted)]`` of the result are the valid updates."""
         rlog = self.round_log
@@ -568,11 +570,6 @@ class FlExtFedAvg(FedAvg):
         seen: set[int] = set()
         for msg in replies:
             node_id = msg.metadata.src_node_id
-            if msg.has_content() and count_bytes:
-                nbytes = record_wire_bytes(msg.content)
-                rlog.bytes_up += nbytes
-                if isinstance(self.compression, AdaptiveCompression):
-                    self.compression.record_upload(node_id, nbytes)
             if msg.has_error():
                 rlog.failed += 1
                 if isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:
@@ -599,6 +596,16 @@ class FlExtFedAvg(FedAvg):
                 continue
             accepted.append(parsed)
         return updates, accepted
+
+    def _count_upload(self, received: list[Message], sizes: dict[int, int]) -> None:
+        """Bytes of the replies that reached the server (``sizes`` by ``id(reply)``)."""
+        for msg in received:
+            nbytes = sizes.get(id(msg))
+            if nbytes is None:
+                continue
+            self.round_log.bytes_up += nbytes
+            if isinstance(self.compression, AdaptiveCompression):
+                self.compression.record_upload(msg.metadata.src_node_id, nbytes)
 
     def _update_registry(
         self, server_round: int, accepted: list[TrainReply], durations: dict[int, float]

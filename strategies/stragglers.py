@@ -21,7 +21,6 @@ import numpy as np
 from flwr.app import Message
 
 from fl_ext.selection.network import SimulatedNetwork
-from strategies.wire import record_wire_bytes
 
 _HISTORY = 1000  # past arrival times kept for the adaptive deadline
 
@@ -37,7 +36,7 @@ class ClockRound:
     straggler_index: float = 1.0
     fallback: str | None = None
     durations: dict[int, float] = field(default_factory=dict)  # arrival time per answering node
-    arrived_bytes: int = 0  # every reply that reached the server (kept, late or discarded)
+    arrived: list[Message] = field(default_factory=list)  # reached the server (also late ones)
 
 
 class StragglerPolicy:
@@ -104,9 +103,12 @@ class StragglerPolicy:
 
     def close(
         self, server_round: int, replies: list[Message], *, needed: int, asked: int,
-        bytes_down: dict[int, int], epochs: dict[int, int],
+        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
     ) -> ClockRound:  # fmt: skip
-        """Which replies count, and how long the round took on the simulated clock."""
+        """Which replies count, and how long the round took on the simulated clock.
+
+        ``bytes_up`` maps ``id(reply)`` to its measured wire size.
+        """
         out = ClockRound()
         arrivals: list[tuple[float, Message]] = []
         for msg in replies:
@@ -115,8 +117,8 @@ class StragglerPolicy:
                 out.dropped += 1
                 continue
             compute = self._compute_s(msg, epochs.get(node, 1))
-            up = record_wire_bytes(msg.content) if msg.has_content() else 0
-            out.arrived_bytes += up
+            up = bytes_up.get(id(msg), 0)
+            out.arrived.append(msg)
             t = self.network.round_time(node, compute, bytes_down.get(node, 0), up)
             arrivals.append((t, msg))
             out.durations[node] = t
