@@ -62,15 +62,28 @@ def _has_cancellation(gram: torch.Tensor, dist: torch.Tensor) -> bool:
     return bool(suspicious.any())
 
 
-def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tensor:
-    """``D[i, j] = ||x_i - x_j||^2`` as float64 ``[n, n]``; ``x`` is not modified."""
-    n = x.shape[0]
-    if n == 1:
-        return torch.zeros((1, 1), dtype=torch.float64, device=x.device)
-    gram, _ = centered_gram(x, x[0], block=block)
+def bulk_centered_gram(
+    x: torch.Tensor, *, extra: torch.Tensor | None = None, block: int = BLOCK
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`centered_gram` around an update in the bulk, and that update's index.
+
+    Centred on ``x[0]`` first; if some pair then shows cancellation (``x[0]`` far from the
+    bulk, e.g. Byzantine), computed again around the most central update.
+    """
+    gram, dots = centered_gram(x, x[0], extra=extra, block=block)
     dist = _distances_from_gram(gram)
     if _has_cancellation(gram, dist):
-        central = int(dist.sum(dim=1).argmin())
+        n = x.shape[0]
+        central = int(dist[:n, :n].sum(dim=1).argmin())
         if central != 0:
-            dist = _distances_from_gram(centered_gram(x, x[central], block=block)[0])
-    return dist
+            gram, dots = centered_gram(x, x[central], extra=extra, block=block)
+            return gram, dots, central
+    return gram, dots, 0
+
+
+def pairwise_sq_distances(x: torch.Tensor, *, block: int = BLOCK) -> torch.Tensor:
+    """``D[i, j] = ||x_i - x_j||^2`` as float64 ``[n, n]``; ``x`` is not modified."""
+    if x.shape[0] == 1:
+        return torch.zeros((1, 1), dtype=torch.float64, device=x.device)
+    gram, _, _ = bulk_centered_gram(x, block=block)
+    return _distances_from_gram(gram)

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_ext.aggregators.distances import (
-    _distances_from_gram,
-    _has_cancellation,
-    centered_gram,
-)
+from fl_ext.aggregators.distances import bulk_centered_gram
 
 _BLOCK = 1 << 15
 
@@ -32,14 +28,7 @@ class RowSpan:
 
     def __init__(self, updates: torch.Tensor, extra: torch.Tensor | None = None) -> None:
         self.updates, self.extra = updates, extra
-        self.center = 0
-        gram, dots = centered_gram(updates, updates[0], extra=extra)
-        dist = _distances_from_gram(gram)
-        if _has_cancellation(gram, dist):
-            central = int(dist[: updates.shape[0], : updates.shape[0]].sum(dim=1).argmin())
-            if central != 0:
-                gram, dots = centered_gram(updates, updates[central], extra=extra)
-                self.center = central
+        gram, dots, self.center = bulk_centered_gram(updates, extra=extra)
         self.gram, self.dots = gram.cpu(), dots.cpu()
         c = updates[self.center].double()
         self.center_sq = float(torch.dot(c, c))
