@@ -11,8 +11,9 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from simulations.local_superlink import LocalSuperLink, flwr_bin
+from simulations.local_superlink import flwr_bin
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -31,35 +32,42 @@ class RunOutcome:
         return self.status == "finished:completed"
 
 
+class FlwrTarget(Protocol):
+    """Where ``flwr`` commands go: the environment holds ``FLWR_HOME`` (and ports)."""
+
+    env: dict[str, str]
+
+
 def toml_string(text: str) -> str:
     """Quote ``text`` as a TOML basic string for ``--run-config``."""
     return json.dumps(text)
 
 
 def run_app(
-    link: LocalSuperLink,
+    link: FlwrTarget,
     overrides: list[str],
     *,
-    num_supernodes: int = 10,
+    connection: str | None = None,
+    num_supernodes: int | None = 10,
     cpus_per_client: int | None = None,
     app_dir: Path = APP_DIR,
     timeout: float = 1800.0,
     echo: bool = False,
 ) -> RunOutcome:
-    """``flwr run <app_dir> --stream`` with Hydra ``overrides`` on ``link``; wait for the end."""
-    federation = f"num-supernodes={num_supernodes}"
-    if cpus_per_client is not None:
-        federation += f" client-resources-num-cpus={cpus_per_client}"
-    command = [
-        flwr_bin("flwr"),
-        "run",
-        str(app_dir),
-        "--stream",
-        "--run-config",
-        f"overrides={toml_string(' '.join(overrides))}",
-        "--federation-config",
-        federation,
-    ]
+    """``flwr run <app_dir> [connection] --stream`` with Hydra ``overrides``; wait for the end.
+
+    ``connection``: a named SuperLink connection in ``$FLWR_HOME/config.toml`` (a deployment);
+    None runs on the local simulation SuperLink with ``num_supernodes`` simulated nodes.
+    """
+    command = [flwr_bin("flwr"), "run", str(app_dir)]
+    if connection is not None:
+        command.append(connection)
+    command += ["--stream", "--run-config", f"overrides={toml_string(' '.join(overrides))}"]
+    if num_supernodes is not None:
+        federation = f"num-supernodes={num_supernodes}"
+        if cpus_per_client is not None:
+            federation += f" client-resources-num-cpus={cpus_per_client}"
+        command += ["--federation-config", federation]
     process = subprocess.Popen(
         command,
         env=link.env,
@@ -77,14 +85,15 @@ def run_app(
     output = "".join(lines)
     match = re.search(r"Successfully started run (\d+)", output)
     run_id = int(match.group(1)) if match else None
-    status = run_status(link, run_id) if run_id is not None else "not-started"
+    status = run_status(link, run_id, connection) if run_id is not None else "not-started"
     return RunOutcome(run_id, status, output)
 
 
-def run_status(link: LocalSuperLink, run_id: int) -> str:
+def run_status(link: FlwrTarget, run_id: int, connection: str | None = None) -> str:
     """Status string of ``run_id`` from ``flwr ls``."""
+    where = [connection] if connection is not None else []
     result = subprocess.run(
-        [flwr_bin("flwr"), "ls", "--run-id", str(run_id), "--format", "json"],
+        [flwr_bin("flwr"), "ls", *where, "--run-id", str(run_id), "--format", "json"],
         env=link.env,
         capture_output=True,
         text=True,

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -43,6 +44,36 @@ def flwr_bin(name: str) -> str:
     if not found:
         raise FileNotFoundError(f"'{name}' not found next to {sys.executable} or on PATH")
     return found
+
+
+def stop_process_group(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    """SIGTERM the group ``process`` leads (started with ``start_new_session``), then SIGKILL.
+
+    Only the group of a process we started is signalled: never anything found by name.
+    """
+    if process is None or process.poll() is not None:
+        return
+    pgid = os.getpgid(process.pid)
+    os.killpg(pgid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    try:  # children left in the group (ServerApp/ClientApp processes)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float = 0.2) -> None:
+    """Poll ``check`` until it is true; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
 class LocalSuperLink:
@@ -127,19 +158,7 @@ class LocalSuperLink:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop our SuperLink and its process group (the simulation it spawned), by PID."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait(timeout=timeout)
-        try:  # children left in the group (ServerApp/simulation processes)
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, timeout)
 
     def __enter__(self) -> LocalSuperLink:
         return self.start()
