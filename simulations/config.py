@@ -142,6 +142,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("round_timeout", "node_wait_timeout"):
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
+    _check_restart_keys(c)
     for group in (
         g for g in GROUPS if g not in ("attack", "privacy", "codec", "network")
     ):  # plain settings
@@ -149,4 +150,27 @@ def check_config(cfg: DictConfig) -> None:
     for name, spec in (c.get("preagg") or {}).items():
         _require(
             c, f"preagg.{name}._target_", isinstance(spec.get("_target_"), str), "a class path"
+        )
+
+
+def _check_restart_keys(c: DictConfig) -> None:
+    """Checkpoint, resume and rollback settings."""
+    ck = c.get("checkpoint") or {}
+    _require(c, "checkpoint.enabled", isinstance(ck.get("enabled"), bool), "true or false")
+    keep = ck.get("keep_last")
+    _require(
+        c, "checkpoint.keep_last", keep is None or (_is_int(keep) and keep >= 1), ">= 1 or null"
+    )
+    rnd = c.get("rollback_round")
+    _require(
+        c, "rollback_round", rnd is None or (_is_int(rnd) and rnd >= 0), "an integer >= 0 or null"
+    )
+    for key in ("resume", "rollback_from"):
+        value = c.get(key)
+        _require(
+            c, key, value is None or (isinstance(value, str) and value != ""), "a directory or null"
+        )
+    if c.get("resume") and not ck.get("enabled"):
+        raise ConfigError(
+            "resume=... needs checkpoint.enabled=true (the run goes on checkpointing)"
         )

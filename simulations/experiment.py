@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,16 @@ from fl_ext.selection.network import SimulatedNetwork
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
+from fl_ext.tracking.paths import fl_ext_home
 from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
+from simulations.checkpointing import (
+    Restored,
+    RoundSaver,
+    open_store,
+    restore_ledger,
+    restore_point,
+)
 from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
 from simulations.privacy_build import build_privacy
@@ -233,35 +242,37 @@ def run_name(experiment: Experiment) -> str:
 
 
 def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
-    """Run the federation and track it; the tracked run ends FAILED if anything raises."""
-    exp, cfg = built.experiment, built.experiment.cfg
+    """Run the federation and track it; the tracked run ends FAILED if anything raises.
+
+    A fresh run, or one restarted from a checkpoint (``resume``: same MLflow run, state
+    restored; ``rollback_from``: a new run from an earlier global model), see checkpointing.py.
+    """
+    exp = built.experiment
+    restored = restore_point(built)  # a bad checkpoint fails here, before anything is tracked
+    tracker = built.tracker
     tags = {
         "fl_ext.version": fl_ext.__version__,
         "flwr.run_id": str(flwr_run_id),
         "dataset.hash": built.split.content_hash,
         **{f"choice.{k}": v for k, v in exp.choices.items()},
     }
-    tracker = built.tracker
-    tracker.start(run_name=run_name(exp), params=flatten(exp.resolved()), tags=tags)
-    try:
-        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        nodes = wait_for_nodes(grid, cfg.min_available_nodes, timeout=cfg.node_wait_timeout)
-        check_partitions(built, len(nodes))
-        check_aggregation(built, len(nodes))
-        tracker.set_tags({"num_clients": str(len(nodes))})
-        result = built.strategy.start(
-            grid=grid,
-            initial_arrays=named_array_record(get_weights(built.model)),
-            num_rounds=cfg.num_rounds,
-            timeout=cfg.round_timeout,
-            train_config=built.train_config,
-            evaluate_config=built.evaluate_config,
-            evaluate_fn=lambda rnd, arrays: central_evaluate(built, rnd, arrays),
-            on_round_end=tracker.log_metrics,
+    last_logged = -1
+    if restored is not None and restored.mode == "resume":
+        run_id = restored.checkpoint.state.get("mlflow_run_id")
+        try:
+            last_logged = tracker.resume(str(run_id)) if run_id else -1
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        tracker.set_tags(
+            {
+                f"resumed.round{restored.first_round}.flwr_run_id": str(flwr_run_id),
+                "resumed_from": str(restored.checkpoint.path),
+            }
         )
-        if built.strategy.stop_reason is not None:
-            tracker.set_tags({"privacy.stopped": built.strategy.stop_reason[:5000]})
-        finish(built, result, num_clients=len(nodes))
+    else:
+        tracker.start(run_name=run_name(exp), params=flatten(exp.resolved()), tags=tags)
+    try:
+        result = _run_tracked(grid, built, restored, last_logged)
     except BaseException as err:
         try:
             tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
@@ -272,6 +283,80 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
     return result
 
 
+def _run_tracked(grid: Grid, built: Built, restored: Restored | None, last_logged: int) -> Result:
+    cfg, tracker = built.experiment.cfg, built.tracker
+    conf = built.experiment.resolved()
+    if restored is None or restored.mode == "rollback":
+        tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    store = None
+    if cfg.checkpoint.enabled:
+        directory = (
+            restored.store.directory
+            if restored is not None and restored.mode == "resume"
+            else Path(cfg.checkpoint.dir or fl_ext_home() / "checkpoints" / _run_key(tracker))
+        )
+        store = open_store(directory, conf)
+        tracker.set_tags({"checkpoint.dir": str(store.directory.resolve())})
+    saver = RoundSaver(built, store, tracker.run_id)
+    initial = named_array_record(get_weights(built.model))
+    first_round = 1
+    if restored is not None:
+        checkpoint = restored.checkpoint
+        initial = named_array_record(checkpoint.arrays)
+        first_round = restored.first_round
+        built.history = {int(k): float(v) for k, v in checkpoint.state["history"].items()}
+        if restored.mode == "resume":
+            built.strategy.load_state_dict(
+                checkpoint.state["strategy"], checkpoint.tensors, first_round=first_round
+            )
+            saver.restore(restored)
+            restore_ledger(built, checkpoint)
+            if last_logged < checkpoint.server_round:  # saved, not yet logged: log it now
+                tracker.log_metrics(checkpoint.server_round, checkpoint.state["metrics"])
+        else:
+            if built.strategy.privacy is not None:
+                built.strategy.privacy.reseed_noise(first_round)
+            tracker.set_tags(
+                {
+                    "rollback.from": str(checkpoint.path),
+                    "rollback.round": str(checkpoint.server_round),
+                    "rollback.signature": checkpoint.signature,
+                }
+            )
+        log.info(
+            "%s from %s: rounds %d..%d",
+            restored.mode.capitalize(),
+            checkpoint.path,
+            first_round,
+            cfg.num_rounds,
+        )
+    nodes = wait_for_nodes(grid, cfg.min_available_nodes, timeout=cfg.node_wait_timeout)
+    check_partitions(built, len(nodes))
+    check_aggregation(built, len(nodes))
+    tracker.set_tags({"num_clients": str(len(nodes))})
+    result = built.strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_rounds,
+        timeout=cfg.round_timeout,
+        train_config=built.train_config,
+        evaluate_config=built.evaluate_config,
+        evaluate_fn=lambda rnd, arrays: central_evaluate(built, rnd, arrays),
+        on_round_end=tracker.log_metrics,
+        first_round=first_round,
+        checkpoint_fn=saver,
+    )
+    if built.strategy.stop_reason is not None:
+        tracker.set_tags({"privacy.stopped": built.strategy.stop_reason[:5000]})
+    finish(built, result, num_clients=len(nodes), saver=saver)
+    return result
+
+
+def _run_key(tracker: Tracker) -> str:
+    """Checkpoint sub-directory of a fresh run: its MLflow run id, else a timestamp."""
+    return tracker.run_id or time.strftime("run-%Y%m%d-%H%M%S")
+
+
 def central_evaluate(built: Built, server_round: int, arrays: ArrayRecord) -> MetricRecord:
     """Loss and accuracy of the global model on the server's held-out test split."""
     set_weights(built.model, arrays.to_numpy_ndarrays())
@@ -280,8 +365,12 @@ def central_evaluate(built: Built, server_round: int, arrays: ArrayRecord) -> Me
     return MetricRecord({"loss": loss, "accuracy": accuracy})
 
 
-def finish(built: Built, result: Result, *, num_clients: int) -> None:
-    """Plot, log and register the final model with its federated-learning metadata."""
+def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver) -> None:
+    """Plot, log and register the final and the best model with their FL metadata.
+
+    Registered versions get the aliases ``final`` and ``best`` (one version carries both
+    when the last round was the best) and the signature of the checkpoint they came from.
+    """
     exp, cfg, tracker = built.experiment, built.experiment.cfg, built.tracker
     set_weights(built.model, result.arrays.to_numpy_ndarrays())
     final_acc = (
@@ -325,15 +414,42 @@ def finish(built: Built, result: Result, *, num_clients: int) -> None:
         f"fl-ext-{exp.choices['dataset']}-{exp.choices['model']}"
     )
     started = time.monotonic()
+    last_round = (
+        saver.last.server_round if saver.last is not None else max(built.history, default=0)
+    )
+    best_is_final = saver.best_round in (last_round, -1)
     version = tracker.log_model(
         built.model,
         input_example=built.split.test.x[:2],
         registered_name=registered,
-        tags=fl_tags,
+        tags={
+            **fl_tags,
+            "stage": "final",
+            "round": str(last_round),
+            "checkpoint_signature": saver.signatures.get(last_round, "none"),
+        },
+        aliases=("final", "best") if best_is_final else ("final",),
     )
     tracker.set_tags(
         {"final_test_accuracy": f"{final_acc:.4f}", "registered_version": str(version)}
     )
+    if not best_is_final:
+        set_weights(built.model, saver.best_arrays)
+        best_version = tracker.log_model(
+            built.model,
+            input_example=built.split.test.x[:2],
+            registered_name=registered,
+            tags={
+                **fl_tags,
+                "stage": "best",
+                "round": str(saver.best_round),
+                "best_test_accuracy": f"{saver.best_accuracy:.4f}",
+                "checkpoint_signature": saver.signatures.get(saver.best_round, "none"),
+            },
+            artifact_path="best_model",
+            aliases=("best",),
+        )
+        tracker.set_tags({"best_round": str(saver.best_round), "best_version": str(best_version)})
     log.info(
         "Final test accuracy %.4f; model logged in %.1fs (registered: %s v%s)",
         final_acc,

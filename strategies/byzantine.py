@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
 from fl_ext.attacks import CLIENT_ROLES, ROLE_KEY, LineSearch, OmniscientAttack
+from fl_ext.rng_state import restore_rng, rng_state
 
 
 class ByzantineSimulation:
@@ -71,6 +73,13 @@ class ByzantineSimulation:
         if self.client_role is not None and self.is_byzantine(node_id):
             return {ROLE_KEY: self.client_role}
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The attack's random generator (the designated nodes follow from the seed)."""
+        return {"generator": rng_state(self._generator)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(self._generator, state["generator"])
 
     def bind(self, aggregate: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Let an optimized attack evaluate the server's own aggregation."""

@@ -37,6 +37,7 @@ from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
+from strategies.exchange import exchange
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.records import named_array_record, record_to_named
@@ -52,6 +53,7 @@ from strategies.stragglers import StragglerPolicy
 from strategies.wire import record_wire_bytes
 
 RoundCallback = Callable[[int, dict[str, float]], None]
+CheckpointFn = Callable[[int, ArrayRecord, dict[str, float]], None]
 ReferenceFn = Callable[[int, "OrderedDict[str, np.ndarray]"], torch.Tensor]
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
@@ -163,6 +165,7 @@ class FlExtFedAvg(FedAvg):
         self._needed = 0
         self._bytes_down_node: dict[int, int] = {}
         self._epochs_node: dict[int, int] = {}
+        self._reply_seconds: dict[int, float] = {}  # measured, this round's train exchange
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
             if fraction_evaluate > 0
@@ -178,6 +181,8 @@ class FlExtFedAvg(FedAvg):
         self._spec: ParamSpec | None = None
         self._global_flat: torch.Tensor | None = None
         self._global_named: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.bytes_down_cum = 0
+        self.bytes_up_cum = 0
 
     # ------------------------------------------------------------------ hooks
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
@@ -209,6 +214,59 @@ class FlExtFedAvg(FedAvg):
                 f"{self.aggregation.rule.requirement()}), but fraction_train="
                 f"{self.fraction_train} of {num_nodes} nodes selects {asked}"
             )
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything the next round depends on: JSON-able part and array part.
+
+        Selector histories and random generators, the registry, the clock, the stateful
+        rule's center, privacy state (not the ledger: it persists itself; not the DP noise
+        generator: it is reseeded), cumulative bytes. Client-side state (error-feedback
+        residuals, DP-SGD histories) lives on the clients.
+        """
+        state: dict[str, Any] = {
+            "train_selector": self.train_selector.state_dict(),
+            "evaluate_selector": (
+                self.evaluate_selector.state_dict() if self.evaluate_selector else {}
+            ),
+            "registry": self.registry.state_dict(),
+            "aggregator_round": self.aggregator_state.round,
+            "bytes_down_cum": self.bytes_down_cum,
+            "bytes_up_cum": self.bytes_up_cum,
+        }
+        if self.stragglers is not None:
+            state["stragglers"] = self.stragglers.state_dict()
+        if self.privacy is not None:
+            state["privacy"] = self.privacy.state_dict()
+        if self.byzantine is not None:
+            state["byzantine"] = self.byzantine.state_dict()
+        tensors = {}
+        if self.aggregator_state.center is not None:
+            tensors["aggregator_center"] = self.aggregator_state.center.cpu().numpy()
+        return state, tensors
+
+    def load_state_dict(
+        self, state: dict[str, Any], tensors: dict[str, np.ndarray], *, first_round: int
+    ) -> None:
+        """Restore :meth:`state_dict` output before running from ``first_round``."""
+        self.train_selector.load_state_dict(state["train_selector"])
+        if self.evaluate_selector is not None:
+            self.evaluate_selector.load_state_dict(state["evaluate_selector"])
+        self.registry.load_state_dict(state["registry"])
+        center = tensors.get("aggregator_center")
+        self.aggregator_state.load_state_dict(
+            {
+                "center": None if center is None else torch.from_numpy(center.copy()),
+                "round": int(state["aggregator_round"]),
+            }
+        )
+        self.bytes_down_cum = int(state["bytes_down_cum"])
+        self.bytes_up_cum = int(state["bytes_up_cum"])
+        for name, part in (("stragglers", self.stragglers), ("byzantine", self.byzantine)):
+            if part is not None and name in state:
+                part.load_state_dict(state[name])
+        if self.privacy is not None and "privacy" in state:
+            self.privacy.load_state_dict(state["privacy"], first_round=first_round)
 
     # ------------------------------------------------------------------ train
     def configure_train(
@@ -304,7 +362,9 @@ class FlExtFedAvg(FedAvg):
         if clock is not None:
             replies = clock.kept
         updates, accepted = self._collect_updates(replies, spec, global_flat)
-        self._update_registry(server_round, accepted, clock.durations if clock else {})
+        self._update_registry(
+            server_round, accepted, clock.durations if clock else self._reply_seconds
+        )
         if clock is not None:
             rlog.clock = clock
             if clock.fallback is not None:
@@ -407,15 +467,25 @@ class FlExtFedAvg(FedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         on_round_end: RoundCallback | None = None,
+        *,
+        first_round: int = 1,
+        checkpoint_fn: CheckpointFn | None = None,
     ) -> Result:
         """Flower's round loop, plus a bounded wait for nodes, timing and ``on_round_end``.
 
         ``on_round_end(round, metrics)`` receives everything about the round in one flat
         dict (centralized and federated evaluation, counters, bytes, times) so a tracker
         can log it in one batch. Round 0 reports the initial centralized evaluation.
+        ``checkpoint_fn(round, arrays, metrics)`` runs before ``on_round_end``, so a round is
+        saved before it is reported. ``first_round > 1`` continues a restored run (state
+        loaded with :meth:`load_state_dict`): rounds ``first_round..num_rounds`` run.
         """
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+        if not 1 <= first_round <= num_rounds:
+            raise ValueError(
+                f"first_round must be in [1, num_rounds={num_rounds}], got {first_round}"
+            )
         log(INFO, "Starting %s", type(self).__name__)
         self.summary()
         wait_for_nodes(grid, self.min_available_nodes, timeout=self.node_wait_timeout, settle=0)
@@ -429,11 +499,11 @@ class FlExtFedAvg(FedAvg):
         )
         notify = on_round_end or (lambda _round, _metrics: None)
         t_start = time.monotonic()
-        initial = phases.central(0, initial_arrays)
+        initial = phases.central(0, initial_arrays) if first_round == 1 else {}
         if initial:
             log(INFO, "Initial global evaluation: %s", initial)
             notify(0, initial)
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             log(INFO, "")
             if self.privacy is not None:
                 self.stop_reason = self.privacy.stop_reason(server_round, grid.get_node_ids())
@@ -443,6 +513,8 @@ class FlExtFedAvg(FedAvg):
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
             metrics = self._run_round(server_round, phases)
             log(INFO, "Round %d: %s", server_round, _progress_line(metrics))
+            if checkpoint_fn is not None:
+                checkpoint_fn(server_round, phases.result.arrays, metrics)
             notify(server_round, metrics)
         log(INFO, "")
         log(INFO, "Strategy finished in %.2fs", time.monotonic() - t_start)
@@ -454,11 +526,13 @@ class FlExtFedAvg(FedAvg):
         """Train, evaluate (federated, then centralized) and collect the round's metrics."""
         result, grid = phases.result, phases.grid
         t_round = time.monotonic()
-        replies = grid.send_and_receive(
+        trained = exchange(
+            grid,
             self.configure_train(server_round, result.arrays, phases.train_config, grid),
             timeout=phases.timeout,
         )
-        new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+        self._reply_seconds = trained.by_node()
+        new_arrays, train_metrics = self.aggregate_train(server_round, trained.replies)
         t_train = time.monotonic() - t_round
         metrics: dict[str, float] = {}
         if new_arrays is not None:
@@ -466,19 +540,21 @@ class FlExtFedAvg(FedAvg):
         if train_metrics is not None:
             result.train_metrics_clientapp[server_round] = train_metrics
             metrics.update(_scalars("", train_metrics))
-        eval_replies = grid.send_and_receive(
+        evaluated = exchange(
+            grid,
             self.configure_evaluate(server_round, result.arrays, phases.evaluate_config, grid),
             timeout=phases.timeout,
         )
-        fed_metrics = self.aggregate_evaluate(server_round, eval_replies)
+        fed_metrics = self.aggregate_evaluate(server_round, evaluated.replies)
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
             metrics.update(_scalars("fed_eval_", fed_metrics))
         metrics.update(phases.central(server_round, result.arrays))
         rlog = self.round_log
-        phases.bytes_down += rlog.bytes_down
-        phases.bytes_up += rlog.bytes_up
+        self.bytes_down_cum += rlog.bytes_down
+        self.bytes_up_cum += rlog.bytes_up
         metrics.update(rlog.metrics())
+        metrics.update(trained.metrics("train_"))
         if self.privacy is not None:
             metrics.update(self.privacy.metrics())
         if self.compression is not None:
@@ -486,8 +562,8 @@ class FlExtFedAvg(FedAvg):
         if self.stragglers is not None:
             metrics["sim_time_s"] = self.stragglers.sim_time_s
         metrics.update(
-            bytes_down_cum=phases.bytes_down,
-            bytes_up_cum=phases.bytes_up,
+            bytes_down_cum=self.bytes_down_cum,
+            bytes_up_cum=self.bytes_up_cum,
             train_time_s=t_train,
             round_time_s=time.monotonic() - t_round,
         )
@@ -612,7 +688,8 @@ class FlExtFedAvg(FedAvg):
     ) -> None:
         """Utility and speed of the nodes that delivered; a failure for the other selected.
 
-        ``durations``: simulated round times (the clock's), else the reported compute time.
+        ``durations``: simulated round times (the clock's), else the measured reply times
+        (push to pull, see ``strategies.exchange``), else the reported compute time.
         """
         done = set()
         for r in accepted:
@@ -670,8 +747,6 @@ class _Phases:
     evaluate_config: ConfigRecord
     evaluate_fn: EvaluateFn | None
     result: Result
-    bytes_down: int = 0
-    bytes_up: int = 0
 
     def central(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         """Centralized evaluation (``test_*`` metrics), recorded in the result."""

@@ -29,6 +29,7 @@ from fl_ext.privacy import (
     PrivacyLedger,
 )
 from fl_ext.privacy.accountants import merged_history
+from fl_ext.rng_state import restore_rng, rng_state
 from fl_ext.validation import Rejection, RejectReason
 from strategies.replies import TrainReply
 
@@ -60,9 +61,34 @@ class ClientLevelDP:
         ClientLevelGaussian(noise_multiplier, 1.0, adaptive)  # validates sigma and the split
         self.noise_multiplier = float(noise_multiplier)
         self.rng = np.random.default_rng(selection_seed)
+        self.noise_seed = noise_seed
         seed = noise_seed if noise_seed is not None else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed)
         self.last: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Clip and the sampling generator; never the noise generator (see ``reseed_noise``)."""
+        return {"clip": self.clip, "rng": rng_state(self.rng)}
+
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int) -> None:
+        """Restore, and draw the coming rounds' noise from a new seed.
+
+        Restoring the noise generator would repeat noise already drawn for other rounds
+        (after a rollback: for released models), and the difference of two releases with the
+        same noise cancels it. A fixed ``noise_seed`` (tests only) is mixed with the round.
+        """
+        self.clip = float(state["clip"])
+        restore_rng(self.rng, state["rng"])
+        self.reseed_noise(first_round)
+
+    def reseed_noise(self, first_round: int) -> None:
+        """New noise for a restarted run (secret, or from ``noise_seed`` mixed with the round)."""
+        seed = (
+            secrets.randbits(63)
+            if self.noise_seed is None
+            else int(np.random.SeedSequence([self.noise_seed, first_round]).generate_state(1)[0])
+        )
+        self.generator = torch.Generator().manual_seed(seed)
 
     def check_aggregation(self, aggregation: RobustAggregation) -> None:
         """The mechanism replaces the rule: only the plain mean without pre-aggregation fits."""
@@ -192,6 +218,20 @@ class SampleLevelDP:
             c: [e.as_list() for e in merged_history(h)] for c, h in self.ledger.sample_level.items()
         }
         return {**self.entries, "dp-spent": json.dumps(spent)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nodes known to be spent and the node -> client key map."""
+        return {
+            "exhausted": sorted(self.exhausted),
+            "node_keys": {str(n): k for n, k in self.node_keys.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int) -> None:
+        self.exhausted = {int(n) for n in state["exhausted"]}
+        self.node_keys = {int(n): str(k) for n, k in state["node_keys"].items()}
+
+    def reseed_noise(self, first_round: int) -> None:
+        """Nothing to do: the clients draw the DP-SGD noise."""
 
     def declined(self, node_id: int, reason: str) -> None:
         self.exhausted.add(node_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Message
@@ -77,6 +78,14 @@ class StragglerPolicy:
         self.seconds_per_example = seconds_per_example
         self.history: list[float] = []  # past arrival times, for the adaptive deadline
         self.sim_time_s = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The clock and the arrival history (the network's draws are keyed by node and round)."""
+        return {"history": list(self.history), "sim_time_s": self.sim_time_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [float(t) for t in state["history"]][-_HISTORY:]
+        self.sim_time_s = float(state["sim_time_s"])
 
     def _compute_s(self, msg: Message, epochs: int) -> float:
         """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
+from fl_ext.rng_state import restore_rng, rng_state
 from fl_ext.selection.registry import ClientRegistry
 
 
@@ -38,6 +40,17 @@ class Selector(ABC):
         k = self.sample_size(len(pool)) if count is None else min(count, len(pool))
         picked = self.pick(pool, k, registry or ClientRegistry(), server_round)
         return sorted(int(n) for n in picked)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for checkpoints: the random generator (``_rng``) if the rule has one."""
+        rng = getattr(self, "_rng", None)
+        return {} if rng is None else {"rng": rng_state(rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        rng = getattr(self, "_rng", None)
+        if rng is not None and "rng" in state:
+            restore_rng(rng, state["rng"])
 
     @abstractmethod
     def pick(

@@ -7,7 +7,8 @@ validates them before they get here (finite, non-negative).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 _EWMA = 0.5  # weight of the newest duration in the running estimate
 
@@ -80,6 +81,14 @@ class ClientRegistry:
         r.duration_s = (
             duration_s if r.duration_s is None else _EWMA * duration_s + (1 - _EWMA) * r.duration_s
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able records (node ids as strings: JSON keys)."""
+        return {str(node): asdict(r) for node, r in self.records.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.records = {int(node): NodeRecord(**fields) for node, fields in state.items()}
 
     def on_failure(self, node: int) -> None:
         """Selected but no valid update (error, rejection, no reply)."""

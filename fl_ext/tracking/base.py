@@ -20,6 +20,10 @@ class Tracker:
     def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         """Open the run."""
 
+    def resume(self, run_id: str) -> int:
+        """Reopen run ``run_id`` (a restarted experiment); returns its last logged round, or -1."""
+        return -1
+
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Log one round's metrics in one batch."""
 
@@ -39,10 +43,13 @@ class Tracker:
         input_example: np.ndarray,
         registered_name: str | None,
         tags: Mapping[str, str],
+        artifact_path: str = "model",
+        aliases: tuple[str, ...] = (),
     ) -> str | None:
         """Log the model and register it when ``registered_name`` is set.
 
-        ``input_example`` gives the logged model its signature. Returns the version.
+        ``input_example`` gives the logged model its signature; each of ``aliases``
+        (``final``, ``best``) then points at the new version. Returns the version.
         """
         return None
 

@@ -74,6 +74,22 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=items[i : i + _PARAM_BATCH])
         log.info("MLflow run %s in experiment '%s' at %s", self.run_id, self.experiment, self.uri)
 
+    def resume(self, run_id: str) -> int:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as err:
+            raise ValueError(
+                f"MLflow run {run_id} of the checkpoint is not in {self.uri}: resume with the "
+                "tracking settings of the interrupted run"
+            ) from err
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        steps = [m.step for m in self.client.get_metric_history(run_id, "round_time_s")]
+        log.info("MLflow run %s resumed (last logged round: %s)", run_id, max(steps, default=0))
+        return max(steps, default=-1)
+
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
@@ -108,8 +124,10 @@ class MlflowTracker(Tracker):
         input_example: np.ndarray,
         registered_name: str | None,
         tags: Mapping[str, str],
+        artifact_path: str = "model",
+        aliases: tuple[str, ...] = (),
     ) -> str | None:
-        """Save with the pytorch flavour, upload as the run's ``model`` artifact, register.
+        """Save with the pytorch flavour, upload as the run's ``artifact_path``, register.
 
         Done through the client only: MLflow's fluent ``log_model`` would set the global
         tracking URI and the ``MLFLOW_TRACKING_URI`` variable of this process as a side effect,
@@ -127,7 +145,7 @@ class MlflowTracker(Tracker):
                 input_example=input_example,
                 pip_requirements=_pip_requirements(),
             )
-            self.client.log_artifacts(run_id, str(path), "model")
+            self.client.log_artifacts(run_id, str(path), artifact_path)
         name = (registered_name or self.registered_model_name) if self.register_model else None
         if not name:
             return None
@@ -136,11 +154,13 @@ class MlflowTracker(Tracker):
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         version = self.client.create_model_version(
             name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
         )
-        log.info("Registered model '%s' version %s", name, version.version)
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, version.version)
+        log.info("Registered model '%s' version %s %s", name, version.version, list(aliases))
         return str(version.version)
 
     def end(self, status: str = "FINISHED") -> None:

@@ -80,11 +80,11 @@ class LinkLostGrid(InProcessGrid):
 
     calls = 0
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
         self.calls += 1
         if self.calls == 3:
             raise ConnectionError("SuperLink unreachable")
-        return super().send_and_receive(messages, timeout=timeout)
+        return super().push_messages(messages)
 
 
 def test_a_crash_ends_the_mlflow_run_failed_with_what_was_logged():
