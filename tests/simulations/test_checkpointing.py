@@ -1,11 +1,11 @@
 """Checkpoints, resume and rollback on the in-process grid (real ClientApp, real MLflow)."""
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import mlflow
-import mlflow.pytorch
 from fl_ext.checkpoint import CheckpointStore
 from fl_ext.security import load_or_create_signing_key
 from fl_ext.tracking import resolve_tracking_uri
@@ -204,11 +204,11 @@ def test_final_and_best_models_are_registered_with_checkpoint_signatures(tmp_pat
 
 
 def test_restart_keys_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="checkpoint.keep_last"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep_last"):
         compose_experiment([*BASE, "checkpoint.keep_last=0"])
     with pytest.raises(ConfigError, match="rollback_round"):
         compose_experiment([*BASE, "rollback_round=-1"])
-    with pytest.raises(ConfigError, match="checkpoint.enabled=true"):
+    with pytest.raises(ConfigError, match=r"checkpoint\.enabled=true"):
         compose_experiment([*BASE, "resume=/x", "checkpoint.enabled=false"])
     both = build(compose_experiment([*BASE, f"resume={tmp_path}", f"rollback_from={tmp_path}"]))
     with pytest.raises(ConfigError, match="exclude each other"):
