@@ -4,7 +4,9 @@ Train: ArrayRecord -> list of ndarrays -> ``fit`` -> ArrayRecord (same array nam
 order) + MetricRecord with ``num-examples``. Evaluate: ``evaluate`` -> MetricRecord with
 ``loss``, ``num-examples`` and the client's metrics. A client exception becomes Flower's
 error reply, which the strategy counts as a failed client; a client whose privacy budget is
-spent declines with error code :data:`DECLINED` and the reason.
+spent declines with error code :data:`DECLINED` and the reason. Every reply carries the
+client's fl-ext version and model-schema hash (``client-info``); a client refuses a server
+of an incompatible version or model schema with error code :data:`INCOMPATIBLE`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,23 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from clients.codec_transport import encode_update, received_arrays
+from fl_ext import __version__
+from fl_ext.compat import (
+    CLIENT_INFO,
+    INCOMPATIBLE,
+    SCHEMA_KEY,
+    VERSION_KEY,
+    incompatibility,
+    schema_hash,
+    schema_mismatch,
+)
+from fl_ext.params import get_weights
 from fl_ext.privacy.dp_sgd import DECLINED, BudgetExhausted
 from strategies.records import named_array_record
 
@@ -35,6 +49,29 @@ def _inputs(msg: Message) -> tuple[list[str], list[Any], dict[str, Any]]:
     return names, record.to_numpy_ndarrays(), config
 
 
+def client_schema(client: NumPyClient) -> str:
+    """Schema hash of the client's model (``model`` attribute), "" if it exposes none."""
+    model = getattr(client, "model", None)
+    return schema_hash(get_weights(model)) if isinstance(model, nn.Module) else ""
+
+
+def client_info(schema: str) -> ConfigRecord:
+    """What every reply says about the client: its fl-ext version and model schema."""
+    return ConfigRecord({VERSION_KEY: __version__, SCHEMA_KEY: schema})
+
+
+def refusal(msg: Message, config: dict[str, Any], schema: str) -> Message | None:
+    """An INCOMPATIBLE error reply if the server's version or model schema cannot work here."""
+    reason = None
+    if VERSION_KEY in config:
+        reason = incompatibility(__version__, str(config[VERSION_KEY]), remote_name="server")
+    if reason is None and SCHEMA_KEY in config:
+        reason = schema_mismatch(str(config[SCHEMA_KEY]), schema)
+    if reason is None:
+        return None
+    return Message(Error(code=INCOMPATIBLE, reason=f"client refuses: {reason}"), reply_to=msg)
+
+
 def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     """Run ``fit`` and wrap its result as the reply to ``msg``.
 
@@ -44,6 +81,10 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
     record = msg.content[ARRAYS_KEY]
     client = client_fn(context, config)
+    schema = client_schema(client)
+    refused = refusal(msg, config, schema)
+    if refused is not None:
+        return refused
     coded = "codec-up" in config
     if coded:
         arrays = received_arrays(record, config, client.get_parameters({}))
@@ -60,7 +101,11 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     else:
         out = named_array_record(OrderedDict(zip(names, new_arrays, strict=True)))
     content = RecordDict(
-        {ARRAYS_KEY: out, METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)})}
+        {
+            ARRAYS_KEY: out,
+            METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)}),
+            CLIENT_INFO: client_info(schema),
+        }
     )
     return Message(content=content, reply_to=msg)
 
@@ -69,12 +114,17 @@ def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Messa
     """Run ``evaluate`` and wrap its result as the reply to ``msg``."""
     _, arrays, config = _inputs(msg)
     client = client_fn(context, config)
+    schema = client_schema(client)
+    refused = refusal(msg, config, schema)
+    if refused is not None:
+        return refused
     loss, num_examples, metrics = client.evaluate(arrays, config)
     content = RecordDict(
         {
             METRICS_KEY: MetricRecord(
                 {**metrics, "loss": float(loss), "num-examples": int(num_examples)}
-            )
+            ),
+            CLIENT_INFO: client_info(schema),
         }
     )
     return Message(content=content, reply_to=msg)

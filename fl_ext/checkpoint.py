@@ -33,6 +33,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fl_ext import __version__
+from fl_ext.compat import schema_hash
 from fl_ext.security.signing import SignatureError, sign_bytes, verify_bytes
 
 FORMAT = "fl-ext-checkpoint/1"
@@ -42,16 +43,6 @@ _FILES = ("model.npz", "state.npz", "state.json")
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, unsigned, tampered or incompatible."""
-
-
-def schema_hash(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the parameter names, shapes and dtypes, in order (not the values).
-
-    Two models with the same hash exchange parameters without reshaping; server and
-    clients compare it to refuse an incompatible model before any update is used.
-    """
-    text = ";".join(f"{k}:{tuple(v.shape)}:{np.dtype(v.dtype).str}" for k, v in arrays.items())
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class RejectReason(StrEnum):
     NORM_TOO_LARGE = "norm_too_large"
     BAD_EXAMPLE_COUNT = "bad_example_count"
     BAD_METRIC = "bad_metric"
+    INCOMPATIBLE = "incompatible"  # fl-ext version or model schema the server cannot use
 
 
 @dataclass(frozen=True)

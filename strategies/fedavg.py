@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
+from fl_ext import __version__
 from fl_ext.aggregators import (
     Aggregator,
     AggregatorState,
@@ -31,6 +32,7 @@ from fl_ext.aggregators import (
     WeightedMean,
     capped_example_weights,
 )
+from fl_ext.compat import INCOMPATIBLE, SCHEMA_KEY, VERSION_KEY, schema_hash
 from fl_ext.params import ParamSpec
 from fl_ext.privacy.dp_sgd import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
@@ -45,6 +47,7 @@ from strategies.replies import (
     UPDATE_KEY,
     EvaluateReply,
     TrainReply,
+    check_client_info,
     parse_evaluate_reply,
     parse_train_reply,
 )
@@ -183,13 +186,19 @@ class FlExtFedAvg(FedAvg):
         self._global_named: OrderedDict[str, np.ndarray] = OrderedDict()
         self.bytes_down_cum = 0
         self.bytes_up_cum = 0
+        self._schema = ""
+        self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
 
     # ------------------------------------------------------------------ hooks
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
         """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
         privacy = self.privacy.train_entries() if self.privacy is not None else {}
         codec = self.compression.train_entries(server_round) if self.compression else {}
-        return {"server-round": server_round, **privacy, **codec}
+        return {**self._compat_entries(server_round), **privacy, **codec}
+
+    def _compat_entries(self, server_round: int) -> dict[str, Any]:
+        """Round, server version and model schema: clients refuse what they cannot serve."""
+        return {"server-round": server_round, VERSION_KEY: __version__, SCHEMA_KEY: self._schema}
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -278,6 +287,7 @@ class FlExtFedAvg(FedAvg):
         available = list(grid.get_node_ids())
         if self.stragglers is not None:  # simulated availability: who is online this round
             available = [n for n in available if self.stragglers.network.online(n, server_round)]
+        available = [n for n in available if n not in self.incompatible]
         self._num_available = len(available)
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
@@ -408,12 +418,13 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Select nodes for federated evaluation (none when ``fraction_evaluate`` is 0)."""
-        available = list(grid.get_node_ids())
+        self._set_global(arrays)
+        available = [n for n in grid.get_node_ids() if n not in self.incompatible]
         if self.evaluate_selector is None or len(available) < self.min_evaluate_nodes:
             return []
         selected = self.evaluate_selector.select(available)
         self.round_log.eval_selected = len(selected)
-        record = self._record(arrays, config, {"server-round": server_round})
+        record = self._record(arrays, config, self._compat_entries(server_round))
         self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
         return self._construct_messages(record, selected, MessageType.EVALUATE)
 
@@ -428,9 +439,13 @@ class FlExtFedAvg(FedAvg):
                 rlog.bytes_up += record_wire_bytes(msg.content)
             if msg.has_error():
                 rlog.eval_failed += 1
+                if msg.error.code == INCOMPATIBLE:
+                    self._mark_incompatible(msg.metadata.src_node_id, msg.error.reason)
                 continue
             rlog.eval_replied += 1
-            parsed = parse_evaluate_reply(msg, max_examples=self.max_examples_per_client)
+            parsed = check_client_info(msg, __version__, self._schema) or parse_evaluate_reply(
+                msg, max_examples=self.max_examples_per_client
+            )
             if isinstance(parsed, Rejection):
                 rlog.eval_rejected += 1
                 log(
@@ -578,6 +593,7 @@ class FlExtFedAvg(FedAvg):
 
     def _set_global(self, arrays: ArrayRecord) -> None:
         self._global_named = record_to_named(arrays)
+        self._schema = schema_hash(self._global_named)
         self._spec = ParamSpec.of(self._global_named)
         self._global_flat = self._spec.flatten(self._global_named)
 
@@ -592,6 +608,10 @@ class FlExtFedAvg(FedAvg):
         if node_id not in self.round_log.selected or node_id in seen:
             return Rejection(RejectReason.MALFORMED, "reply from a node not selected or duplicated")
         seen.add(node_id)
+        rejection = check_client_info(msg, __version__, self._schema)
+        if rejection is not None:
+            self._mark_incompatible(node_id, rejection.detail)
+            return rejection
         return parse_train_reply(
             msg,
             spec,
@@ -648,7 +668,9 @@ class FlExtFedAvg(FedAvg):
             node_id = msg.metadata.src_node_id
             if msg.has_error():
                 rlog.failed += 1
-                if isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:
+                if msg.error.code == INCOMPATIBLE:
+                    self._mark_incompatible(node_id, msg.error.reason)
+                elif isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:
                     self.privacy.declined(node_id, msg.error.reason)
                 else:
                     log(INFO, "\t> node %d failed: %s", node_id, msg.error.reason)
@@ -709,6 +731,14 @@ class FlExtFedAvg(FedAvg):
                 self.registry.on_failure(node)
                 if node in durations:
                     self.registry.on_duration(node, durations[node])
+
+    def _mark_incompatible(self, node_id: int, reason: str) -> None:
+        """Not selected again in this run: its version or model cannot take part."""
+        if node_id not in self.incompatible:
+            log(
+                WARNING, "\t> node %d is incompatible and will not be selected: %s", node_id, reason
+            )
+        self.incompatible[node_id] = reason
 
     def _reject(self, node_id: int, rejection: Rejection) -> None:
         self.round_log.rejected[rejection.reason.value] += 1

@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fl_ext.codecs import Codec, PayloadError
+from fl_ext.compat import CLIENT_INFO, SCHEMA_KEY, VERSION_KEY, incompatibility, schema_mismatch
 from fl_ext.params import ParamSpec
 from fl_ext.validation import (
     Rejection,
@@ -116,6 +117,25 @@ def parse_train_reply(
         return arrays
     num_examples = int(metrics.pop(NUM_EXAMPLES))
     return TrainReply(msg.metadata.src_node_id, arrays, num_examples, metrics)
+
+
+def check_client_info(msg: Message, server_version: str, schema: str) -> Rejection | None:
+    """The reply must say which fl-ext version and model schema produced it, both compatible."""
+    info = msg.content.config_records.get(CLIENT_INFO)
+    if info is None:
+        return Rejection(
+            RejectReason.INCOMPATIBLE,
+            f"reply carries no '{CLIENT_INFO}' (fl-ext version and model schema): an fl-ext "
+            "client older than the version checks, or not an fl-ext client",
+        )
+    version, client_schema = info.get(VERSION_KEY), info.get(SCHEMA_KEY)
+    if not isinstance(version, str) or not isinstance(client_schema, str):
+        return Rejection(
+            RejectReason.INCOMPATIBLE,
+            f"'{CLIENT_INFO}' needs string {VERSION_KEY} and {SCHEMA_KEY}",
+        )
+    reason = incompatibility(server_version, version) or schema_mismatch(schema, client_schema)
+    return Rejection(RejectReason.INCOMPATIBLE, reason) if reason else None
 
 
 def parse_evaluate_reply(msg: Message, *, max_examples: int | None) -> EvaluateReply | Rejection:

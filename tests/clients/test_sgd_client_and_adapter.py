@@ -107,3 +107,45 @@ def test_adapter_refuses_a_client_returning_wrong_arrays(digits):
     arrays = get_weights(MLP(input_shape=(1, 8, 8), num_classes=10, hidden=(4,)))
     with pytest.raises(ValueError, match="fit returned 1 arrays"):
         app(_message(arrays, CONFIG, "train"), context)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"fl-ext-version": "9.1.0"},
+            r"server runs fl-ext 9\.1\.0, this side 0\.1\.0 \(needs 0\.1\.x\)",
+        ),
+        ({"fl-ext-version": "0.2.0"}, r"needs 0\.1\.x"),
+        ({"fl-ext-version": "next"}, "server version unreadable"),
+        ({"schema-hash": "0" * 64}, "model schema differs"),
+    ],
+)
+@pytest.mark.parametrize("message_type", ["train", "evaluate"])
+def test_a_client_refuses_an_incompatible_server_with_the_reason(
+    digits, extra, message, message_type
+):
+    from fl_ext.compat import INCOMPATIBLE
+
+    app = numpy_client_app(lambda ctx, cfg: _client(digits))
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    arrays = get_weights(_client(digits).model)
+    reply = app(_message(arrays, {**CONFIG, **extra}, message_type), context)
+    assert reply.has_error() and reply.error.code == INCOMPATIBLE
+    assert reply.error.reason.startswith("client refuses: ")
+    assert __import__("re").search(message, reply.error.reason)
+
+
+def test_every_reply_reports_the_client_version_and_model_schema(digits):
+    from fl_ext import __version__
+    from fl_ext.compat import schema_hash
+
+    client = _client(digits)
+    app = numpy_client_app(lambda ctx, cfg: client)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    arrays = get_weights(client.model)
+    server = {"fl-ext-version": __version__, "schema-hash": schema_hash(arrays)}
+    for message_type in ("train", "evaluate"):
+        reply = app(_message(arrays, {**CONFIG, **server}, message_type), context)
+        info = reply.content["client-info"]
+        assert info["fl-ext-version"] == __version__ and info["schema-hash"] == schema_hash(arrays)

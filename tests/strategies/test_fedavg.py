@@ -8,6 +8,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_ext.compat import CLIENT_INFO, SCHEMA_KEY, VERSION_KEY
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg, FlExtFedProx
 from strategies.records import named_array_record, record_to_named
@@ -18,6 +19,14 @@ GLOBAL = OrderedDict(w=np.zeros((3, 4), np.float32), b=np.zeros(4, np.float32))
 
 def honest_delta(node_id):
     return OrderedDict((k, np.full_like(v, float(node_id))) for k, v in GLOBAL.items())
+
+
+def info(msg, kind):
+    """The client-info a well-behaved client echoes; the version/schema kinds lie."""
+    config = msg.content["config"]
+    version = {"old_version": "0.0.9", "garbled_version": "latest"}.get(kind, config[VERSION_KEY])
+    schema = "f" * 64 if kind == "wrong_schema" else config[SCHEMA_KEY]
+    return ConfigRecord({VERSION_KEY: version, SCHEMA_KEY: schema})
 
 
 def make_app(behaviour):
@@ -54,6 +63,8 @@ def make_app(behaviour):
         if kind == "nan_loss":
             metrics["train_loss"] = float("nan")
         content = RecordDict({"arrays": named_array_record(new), "metrics": MetricRecord(metrics)})
+        if kind != "no_info":
+            content[CLIENT_INFO] = info(msg, kind)
         if kind == "two_arrayrecords":
             content["extra"] = named_array_record(new)
         return Message(content, reply_to=msg)
@@ -64,7 +75,8 @@ def make_app(behaviour):
         metrics = {"num-examples": 10 * node, "loss": 0.1 * node, "accuracy": 0.5}
         if behaviour.get(node) == "bad_eval":
             metrics["accuracy"] = 7.0
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        content = RecordDict({"metrics": MetricRecord(metrics), CLIENT_INFO: info(msg, None)})
+        return Message(content, reply_to=msg)
 
     return app
 
@@ -118,6 +130,10 @@ HOSTILE = [
     "no_count",
     "nan_loss",
     "two_arrayrecords",
+    "no_info",
+    "old_version",
+    "garbled_version",
+    "wrong_schema",
 ]
 
 
@@ -138,6 +154,8 @@ def test_all_hostile_kinds_at_once_and_a_crash():
     assert sum(rlog.rejected.values()) == len(HOSTILE) and rlog.failed == 1
     assert set(rlog.rejected) >= {"non_finite", "shape_mismatch", "dtype_mismatch", "keys_mismatch"}
     assert set(rlog.rejected) >= {"norm_too_large", "bad_example_count", "bad_metric", "malformed"}
+    assert rlog.rejected["incompatible"] == 4
+    assert set(strategy.incompatible) == {12, 13, 14, 15}
     honest = [len(HOSTILE) + 2, len(HOSTILE) + 3]
     got = record_to_named(arrays)
     for k, v in expected_mean(honest).items():
@@ -277,3 +295,15 @@ def test_centered_clipping_center_is_the_previous_aggregate():
     # tau large: one iteration from center c gives the plain mean of the deltas (2.0)
     assert torch.allclose(strategy.aggregator_state.center, torch.full((16,), 2.0))
     assert strategy.aggregator_state.round == 2
+
+
+def test_an_incompatible_node_is_not_selected_again():
+    grid = InProcessGrid(make_app({3: "old_version"}), 6)
+    strategy = FlExtFedAvg(max_update_norm=100.0)
+    messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert "0.0.9" in strategy.incompatible[3]
+    again = strategy.configure_train(2, arrays, ConfigRecord(), grid)
+    assert sorted(m.metadata.dst_node_id for m in again) == [1, 2, 4, 5, 6]
+    evaluated = strategy.configure_evaluate(2, arrays, ConfigRecord(), grid)
+    assert 3 not in {m.metadata.dst_node_id for m in evaluated}
