@@ -51,25 +51,33 @@ def exchange(
     poll_s: float = 0.02,
     max_poll_s: float = 0.5,
 ) -> Exchanged:
-    """Push ``messages``; pull until every reply arrived or ``timeout`` seconds passed."""
+    """Push ``messages``; pull until every reply arrived or ``timeout`` seconds passed.
+
+    Replies come back in the order their messages were pushed, whatever order they arrived
+    in: aggregation sums them in that order, so a run stays reproducible.
+    """
     out = Exchanged()
     messages = list(messages)
     if not messages:
         return out
     start = time.monotonic()
     pushed = list(grid.push_messages(messages))
-    pending = {mid for mid in pushed if mid}  # Flower returns None for a message it refused
+    # Flower returns None for a message it refused; dicts keep the push order
+    order = {mid: i for i, mid in enumerate(pushed) if mid}
+    pending = dict(order)
     out.not_pushed = len(messages) - len(pending)
     wait = poll_s
     while pending:
-        got = list(grid.pull_messages(pending))
+        got = list(grid.pull_messages(list(pending)))
         now = time.monotonic() - start
         for reply in got:
-            pending.discard(reply.metadata.reply_to_message_id)
+            if pending.pop(reply.metadata.reply_to_message_id, None) is None:
+                continue  # not ours or already pulled
             out.replies.append(reply)
             out.seconds[id(reply)] = now
         if not pending or now >= timeout:
             break
         wait = poll_s if got else min(wait * 2, max_poll_s)
         time.sleep(min(wait, max(timeout - now, 0.0)))
+    out.replies.sort(key=lambda m: order[m.metadata.reply_to_message_id])
     return out

@@ -1,0 +1,154 @@
+"""A real deployment on loopback: SuperLink with TLS and SuperNode authentication, 2 SuperNodes.
+
+Everything here is a real Flower process (flower-superlink, flower-supernode, flwr CLI, the
+ServerApp and ClientApp processes they start) with the certificates and keys our ``keys``
+command writes. Every process is started by the fixture and stopped by PID.
+"""
+
+import json
+import subprocess
+import threading
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fl_ext.security import generate_material
+from simulations.deployment import CONNECTION, LocalDeployment
+from simulations.flwr_cli import run_app, run_status
+from simulations.local_superlink import flwr_bin, wait_until
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["dataset=digits", "model=mlp", "local_epochs=1", "fraction_evaluate=0", "seed=1"]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deployment")
+    material = generate_material(root / "material", hosts=["127.0.0.1"], num_nodes=3)
+    homes = {"FL_EXT_HOME": str(root / "fl-ext-home")}
+    with LocalDeployment(root / "flwr-home", material, num_nodes=2, extra_env=homes) as started:
+        yield started
+
+
+def _mlflow(deployment):
+    return MlflowClient(f"sqlite:///{deployment.env['FL_EXT_HOME']}/mlflow.db")
+
+
+def _runs(deployment, experiment):
+    client = _mlflow(deployment)
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_two_supernodes_train_over_tls_with_authentication(deployment):
+    nodes = deployment.nodes()
+    assert sorted(int(n["node-id"]) for n in nodes) == sorted(deployment.node_ids)
+    assert all(n["status"] == "online" for n in nodes)
+    outcome = run_app(
+        deployment,
+        [*QUICK, "num_rounds=2", "tracking.experiment=deploy"],
+        connection=CONNECTION,
+        num_supernodes=None,
+        timeout=600,
+    )
+    assert outcome.ok, outcome.output[-3000:]
+    client, (found,) = _runs(deployment, "deploy")
+    assert found.info.status == "FINISHED" and found.data.tags["num_clients"] == "2"
+    acc = [m.value for m in client.get_metric_history(found.info.run_id, "test_accuracy")]
+    assert len(acc) == 3 and acc[2] > acc[0] + 0.3
+    assert found.data.metrics["clients_replied"] == 2
+    assert found.data.metrics["train_reply_s_max"] > 0  # measured push-to-pull times
+
+
+def _exits_refused(process, timeout=60):
+    try:
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return code
+
+
+def test_an_unregistered_supernode_is_refused(deployment):
+    before = {n["node-id"] for n in deployment.nodes()}
+    rogue = deployment.start_supernode(
+        2, partition_id=0, key=deployment.material.node_key(2), max_retries=1
+    )
+    assert _exits_refused(rogue) != 0
+    log = (deployment.flwr_home / "supernode-2.log").read_text()
+    assert "Failed to activate SuperNode" in log or "could not establish" in log
+    assert {n["node-id"] for n in deployment.nodes()} == before
+
+
+def test_a_plaintext_supernode_is_refused_by_the_tls_superlink(deployment):
+    plain = deployment.start_supernode(3, partition_id=0, insecure=True, max_retries=1)
+    assert _exits_refused(plain) != 0
+    assert (
+        "Failed to initialize the connection"
+        in (deployment.flwr_home / "supernode-3.log").read_text()
+    )
+
+
+def test_a_plaintext_cli_connection_is_refused(deployment, tmp_path):
+    home = tmp_path / "plain-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "plain"\n\n[superlink.plain]\naddress = "{deployment.address}"\n'
+        "insecure = true\n"
+    )
+    result = subprocess.run(
+        [flwr_bin("flwr"), "ls", "plain", "--format", "json"],
+        env={**deployment.env, "FLWR_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert '"success": true' not in result.stdout
+
+
+def test_kill_the_serverapp_after_round_two_and_resume(deployment, tmp_path):
+    checkpoints = tmp_path / "ck"
+    overrides = [
+        *QUICK,
+        "num_rounds=4",
+        "tracking.experiment=resume",
+        f"checkpoint.dir={checkpoints}",
+    ]
+    outcome = {}
+    first = threading.Thread(
+        target=lambda: outcome.update(
+            run=run_app(
+                deployment, overrides, connection=CONNECTION, num_supernodes=None, timeout=600
+            )
+        )
+    )
+    first.start()
+    wait_until((checkpoints / "round-000002").is_dir, 300, "checkpoint of round 2")
+    listed = json.loads(deployment.flwr(["ls", CONNECTION]).stdout)["runs"]
+    run_id = max(listed, key=lambda r: r["pending-at"])["run-id"]
+    stopped = deployment.flwr(["stop", str(run_id), CONNECTION])
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    first.join(120)
+    assert not first.is_alive()
+    assert not outcome["run"].ok
+    done = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("round-"))
+    assert done[:2] == ["round-000001", "round-000002"] and len(done) <= 3
+
+    resumed = run_app(
+        deployment,
+        [*overrides, f"resume={checkpoints}"],
+        connection=CONNECTION,
+        num_supernodes=None,
+        timeout=600,
+    )
+    assert resumed.ok, resumed.output[-3000:]
+    assert run_status(deployment, resumed.run_id, CONNECTION) == "finished:completed"
+    client, (found,) = _runs(deployment, "resume")  # one MLflow run across both ServerApps
+    assert found.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "round_time_s")]
+    assert steps == [1, 2, 3, 4]
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("round-")) == [
+        f"round-00000{r}" for r in range(1, 5)
+    ]
