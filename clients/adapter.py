@@ -32,7 +32,7 @@ from fl_ext.compat import (
     schema_mismatch,
 )
 from fl_ext.params import get_weights
-from fl_ext.privacy.dp_sgd import DECLINED, BudgetExhausted
+from fl_ext.refusals import DECLINED, BudgetExhausted
 from strategies.records import named_array_record
 
 ClientFn = Callable[[Context, dict[str, Any]], NumPyClient]

@@ -13,7 +13,9 @@ import re
 
 import numpy as np
 
-INCOMPATIBLE = 4002  # error code of a client that refuses an incompatible server
+from fl_ext.refusals import INCOMPATIBLE
+
+__all__ = ["INCOMPATIBLE", "incompatibility", "parse_version", "schema_hash", "schema_mismatch"]
 VERSION_KEY = "fl-ext-version"
 SCHEMA_KEY = "schema-hash"
 CLIENT_INFO = "client-info"  # the ConfigRecord every reply carries

@@ -11,7 +11,7 @@ from typing import Any
 
 from flwr.app import Context
 
-from clients import DpSgdClient, SgdClient, numpy_client_app
+from clients import SgdClient, numpy_client_app
 from fl_ext.data.federated import client_data
 from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
@@ -37,6 +37,8 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
     )
     parts = {"model": model, "train": data.train, "test": data.test, "partition_id": partition_id}
     if config.get("dp-mode") == "dp_sgd":
+        from clients.dp_sgd_client import DpSgdClient  # Opacus only where DP-SGD runs
+
         return DpSgdClient(state=context.state, **parts)
     return SgdClient(**parts)
 

@@ -69,6 +69,8 @@ class LocalDeployment:
         self.env = {
             **os.environ,
             **QUIET_ENV,
+            # SuperExec looks for new ClientApp/ServerApp tasks every 1 s by default
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
             **(extra_env or {}),
             "FLWR_HOME": str(self.flwr_home),
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),

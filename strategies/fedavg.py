@@ -34,7 +34,7 @@ from fl_ext.aggregators import (
 )
 from fl_ext.compat import INCOMPATIBLE, SCHEMA_KEY, VERSION_KEY, schema_hash
 from fl_ext.params import ParamSpec
-from fl_ext.privacy.dp_sgd import DECLINED
+from fl_ext.refusals import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation

@@ -30,14 +30,11 @@ from fl_ext.privacy.accountants import (
 )
 from fl_ext.privacy.calibration import calibrate_noise_multiplier
 from fl_ext.privacy.fused import FusedClipper, unsupported_layers
+from fl_ext.refusals import DECLINED, BudgetExhausted
 from fl_ext.training import TrainConfig, TrainStats
 
 GRAD_SAMPLE_MODES = ("fused", "ghost", "hooks", "functorch")  # fused: ours (fused.py)
-DECLINED = 4001  # error code of a reply that declines a round because the budget is spent
-
-
-class BudgetExhausted(RuntimeError):
-    """The client's sample-level budget cannot pay for the round: it declines."""
+__all__ = ["DECLINED", "BudgetExhausted"]  # re-exported from fl_ext.refusals
 
 
 @dataclass(frozen=True)
