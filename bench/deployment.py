@@ -1,6 +1,6 @@
 """Per-round wall time of one experiment on a real local deployment vs in simulation.
 
-    python -m bench.deployment [--rounds 4] [--nodes 2] [--dataset digits] [--model mlp]
+    python -m bench.deployment [--rounds 8] [--nodes 2] [--dataset digits] [--model mlp]
 
 The same Hydra config runs, one after the other in this process's control:
 (a) ``flwr run`` on a simulation SuperLink (Ray, ``--federation-config num-supernodes``);
@@ -57,6 +57,36 @@ def _round_stats(db: Path, experiment: str) -> dict[str, float]:
     return out
 
 
+def _node_timeline(log_paths: list[Path], message_type: str = "train") -> dict[str, float]:
+    """Median seconds per ``message_type`` message on the SuperNodes, from their timed logs.
+
+    pickup: received -> ClientApp process started (SuperExec polling); clientapp: process
+    start -> reply handed back (interpreter, imports, our work); upload: sending -> sent.
+    """
+    spans: dict[str, list[float]] = {"pickup": [], "clientapp": [], "upload": []}
+    for path in log_paths:
+        current: dict[str, float] = {}
+        kind = None
+        for raw in path.read_text(errors="replace").splitlines():
+            stamp, _, text = raw.partition(" ")
+            try:
+                t = float(stamp)
+            except ValueError:
+                continue
+            if "Receiving:" in text:
+                kind, current = text.split("Receiving:")[1].split()[0], {"recv": t}
+            elif "Start `flwr-clientapp` process" in text:
+                current["start"] = t
+            elif "Sending:" in text:
+                current["send"] = t
+            elif "Sent successfully" in text and kind == message_type and len(current) == 3:
+                spans["pickup"].append(current["start"] - current["recv"])
+                spans["clientapp"].append(current["send"] - current["start"])
+                spans["upload"].append(t - current["send"])
+                current = {}
+    return {k: statistics.median(v[1:] or v) for k, v in spans.items() if v}
+
+
 def _client_process_start_s(repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -81,7 +111,7 @@ def _serialization_s(overrides: list[str]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--model", default="mlp")
@@ -124,7 +154,8 @@ def main() -> None:
                 num_supernodes=None,
             )
             assert outcome.ok, outcome.output[-2000:]
-        results[label] = _round_stats(db, name)
+            logs = [dep.flwr_home / f"supernode-{i}.log" for i in range(args.nodes)]
+        results[label] = {**_round_stats(db, name), **_node_timeline(logs)}
 
     built = build(compose_experiment([*base, "tracking.experiment=inproc"]))
     run(InProcessGrid(client_app, args.nodes), built)
@@ -147,6 +178,20 @@ def main() -> None:
         )
     tls = results["deployment, TLS + node auth"]["round_time_s"]
     plain = results["deployment, insecure"]["round_time_s"]
+    print(
+        "\nOne train message on a deployment (medians; seconds from the ServerApp's push to its pull):"
+    )
+    print(
+        "| setting | reply s | receipt -> ClientApp start | ClientApp process | upload | waits (node fleet poll 0-3 s, server pull) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, r in results.items():
+        if "clientapp" in r:
+            rest = r["train_reply_s_median"] - r["pickup"] - r["clientapp"] - r["upload"]
+            print(
+                f"| {label} | {r['train_reply_s_median']:.2f} | {r['pickup']:.2f} | {r['clientapp']:.2f} | "
+                f"{r['upload']:.2f} | {rest:.2f} |"
+            )
     print("\nWhere a deployment round goes (2 exchanges per round: train + evaluate):")
     print(
         f"- ClientApp process start per message (interpreter + imports): {start_s:.2f} s "

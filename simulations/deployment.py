@@ -14,6 +14,8 @@ import os
 import ssl
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +31,15 @@ from simulations.local_superlink import (
 )
 
 CONNECTION = "fl-ext-local"
+
+
+def _timestamp_lines(process: subprocess.Popen[bytes], path: Path) -> None:
+    """Copy the process's output to ``path``, each line prefixed with ``time.time()``."""
+    assert process.stdout is not None
+    with path.open("ab") as log_file:
+        for line in process.stdout:
+            log_file.write(f"{time.time():.3f} ".encode() + line)
+            log_file.flush()
 
 
 class LocalDeployment:
@@ -131,14 +142,18 @@ class LocalDeployment:
         wait_until(self._healthy, self.startup_timeout, f"SuperLink on {self.address}")
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        with (self.flwr_home / log_name).open("ab") as log_file:
-            return subprocess.Popen(
-                command,
-                env=self.env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        """Start ``command``; its output goes to ``log_name`` with a wall-clock time per line."""
+        process = subprocess.Popen(
+            command,
+            env={**self.env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        threading.Thread(
+            target=_timestamp_lines, args=(process, self.flwr_home / log_name), daemon=True
+        ).start()
+        return process
 
     def _healthy(self) -> bool:
         if self.superlink is not None and self.superlink.poll() is not None:

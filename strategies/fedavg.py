@@ -90,6 +90,9 @@ class FlExtFedAvg(FedAvg):
         dropouts, over-selection, deadline, partial aggregation and the fallback.
     compression : codecs for client updates (and optionally the broadcast); their specs travel
         in the train messages and every payload is checked before it is decoded.
+    target_accuracy : centralized test accuracy whose first attainment is logged as
+        ``time_to_target_s`` (wall seconds of rounds so far) and, with the virtual clock,
+        ``sim_time_to_target_s``.
     """
 
     def __init__(
@@ -112,31 +115,20 @@ class FlExtFedAvg(FedAvg):
         compression: Compression | None = None,
         selector: Selector | None = None,
         stragglers: StragglerPolicy | None = None,
+        target_accuracy: float | None = None,
     ) -> None:
-        _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
-        _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
-        for name, value in (
-            ("min_train_nodes", min_train_nodes),
-            ("min_evaluate_nodes", min_evaluate_nodes),
-            ("min_available_nodes", min_available_nodes),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if min_available_nodes < min_train_nodes:
-            raise ValueError(
-                f"min_available_nodes ({min_available_nodes}) must be >= min_train_nodes "
-                f"({min_train_nodes})"
-            )
-        if max_examples_per_client is not None and max_examples_per_client < 1:
-            raise ValueError(
-                f"max_examples_per_client must be >= 1 or null, got {max_examples_per_client}"
-            )
-        if weight_cap_factor is not None and not weight_cap_factor >= 1:
-            raise ValueError(f"weight_cap_factor must be >= 1 or null, got {weight_cap_factor}")
-        if max_update_norm is not None and not max_update_norm > 0:
-            raise ValueError(f"max_update_norm must be > 0 or null, got {max_update_norm}")
-        if not node_wait_timeout > 0:
-            raise ValueError(f"node_wait_timeout must be > 0, got {node_wait_timeout}")
+        _check_settings(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            max_examples_per_client=max_examples_per_client,
+            weight_cap_factor=weight_cap_factor,
+            max_update_norm=max_update_norm,
+            node_wait_timeout=node_wait_timeout,
+            target_accuracy=target_accuracy,
+        )
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
@@ -187,6 +179,9 @@ class FlExtFedAvg(FedAvg):
         self.bytes_down_cum = 0
         self.bytes_up_cum = 0
         self._schema = ""
+        self.target_accuracy = target_accuracy
+        self.target_round: int | None = None  # first round at or above target_accuracy
+        self.wall_time_s = 0.0  # sum of round times, across restarts
         self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
 
     # ------------------------------------------------------------------ hooks
@@ -242,6 +237,8 @@ class FlExtFedAvg(FedAvg):
             "aggregator_round": self.aggregator_state.round,
             "bytes_down_cum": self.bytes_down_cum,
             "bytes_up_cum": self.bytes_up_cum,
+            "wall_time_s": self.wall_time_s,
+            "target_round": self.target_round,
         }
         if self.stragglers is not None:
             state["stragglers"] = self.stragglers.state_dict()
@@ -271,6 +268,8 @@ class FlExtFedAvg(FedAvg):
         )
         self.bytes_down_cum = int(state["bytes_down_cum"])
         self.bytes_up_cum = int(state["bytes_up_cum"])
+        self.wall_time_s = float(state.get("wall_time_s", 0.0))
+        self.target_round = state.get("target_round")
         for name, part in (("stragglers", self.stragglers), ("byzantine", self.byzantine)):
             if part is not None and name in state:
                 part.load_state_dict(state[name])
@@ -576,13 +575,36 @@ class FlExtFedAvg(FedAvg):
             metrics.update(self.compression.metrics())
         if self.stragglers is not None:
             metrics["sim_time_s"] = self.stragglers.sim_time_s
+        round_time = time.monotonic() - t_round
+        self.wall_time_s += round_time
         metrics.update(
             bytes_down_cum=self.bytes_down_cum,
             bytes_up_cum=self.bytes_up_cum,
             train_time_s=t_train,
-            round_time_s=time.monotonic() - t_round,
+            round_time_s=round_time,
+            wall_time_s=self.wall_time_s,
         )
+        self._check_target(server_round, metrics)
         return metrics
+
+    def _check_target(self, server_round: int, metrics: dict[str, float]) -> None:
+        """Time to accuracy: logged once, at the first round reaching ``target_accuracy``."""
+        accuracy = metrics.get("test_accuracy")
+        if self.target_accuracy is None or self.target_round is not None or accuracy is None:
+            return
+        if accuracy >= self.target_accuracy:
+            self.target_round = server_round
+            metrics["time_to_target_s"] = self.wall_time_s
+            if self.stragglers is not None:
+                metrics["sim_time_to_target_s"] = self.stragglers.sim_time_s
+            log(
+                INFO,
+                "Target accuracy %.3f reached in round %d (%.1f s wall%s)",
+                self.target_accuracy,
+                server_round,
+                self.wall_time_s,
+                f", {self.stragglers.sim_time_s:.1f} s simulated" if self.stragglers else "",
+            )
 
     # --------------------------------------------------------------- helpers
     def _record(
@@ -756,6 +778,48 @@ def _as_pipeline(aggregation: RobustAggregation | Aggregator | None) -> RobustAg
             f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
         )
     return aggregation
+
+
+def _check_settings(
+    *,
+    fraction_train: float,
+    fraction_evaluate: float,
+    min_train_nodes: int,
+    min_evaluate_nodes: int,
+    min_available_nodes: int,
+    max_examples_per_client: int | None,
+    weight_cap_factor: float | None,
+    max_update_norm: float | None,
+    node_wait_timeout: float,
+    target_accuracy: float | None,
+) -> None:
+    """Reject impossible strategy settings with a message naming the value and the range."""
+    _check_range("fraction_train", fraction_train, 0.0, 1.0, low_open=True)
+    if target_accuracy is not None:
+        _check_range("target_accuracy", target_accuracy, 0.0, 1.0, low_open=True)
+    _check_range("fraction_evaluate", fraction_evaluate, 0.0, 1.0)
+    for name, value in (
+        ("min_train_nodes", min_train_nodes),
+        ("min_evaluate_nodes", min_evaluate_nodes),
+        ("min_available_nodes", min_available_nodes),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if min_available_nodes < min_train_nodes:
+        raise ValueError(
+            f"min_available_nodes ({min_available_nodes}) must be >= min_train_nodes "
+            f"({min_train_nodes})"
+        )
+    if max_examples_per_client is not None and max_examples_per_client < 1:
+        raise ValueError(
+            f"max_examples_per_client must be >= 1 or null, got {max_examples_per_client}"
+        )
+    if weight_cap_factor is not None and not weight_cap_factor >= 1:
+        raise ValueError(f"weight_cap_factor must be >= 1 or null, got {weight_cap_factor}")
+    if max_update_norm is not None and not max_update_norm > 0:
+        raise ValueError(f"max_update_norm must be > 0 or null, got {max_update_norm}")
+    if not node_wait_timeout > 0:
+        raise ValueError(f"node_wait_timeout must be > 0, got {node_wait_timeout}")
 
 
 def _check_range(

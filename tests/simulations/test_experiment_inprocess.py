@@ -115,3 +115,22 @@ def test_tracking_uri_from_config(tmp_path):
     run(InProcessGrid(client_app, 3), built)
     exp = MlflowClient(uri).get_experiment_by_name("x")
     assert exp is not None and len(MlflowClient(uri).search_runs([exp.experiment_id])) == 1
+
+
+def test_time_to_target_accuracy_is_logged_once_at_the_first_round_reaching_it():
+    built = build(
+        compose_experiment(
+            [*OVERRIDES, "num_rounds=4", "target_accuracy=0.5", "network=ideal", "fraction_train=1.0"]
+        )
+    )
+    run(InProcessGrid(client_app, 4), built)
+    client = MlflowClient(resolve_tracking_uri())
+    run_id = _only_run(client).info.run_id
+    first = min(r for r, acc in built.history.items() if acc >= 0.5)
+    (hit,) = client.get_metric_history(run_id, "time_to_target_s")
+    (sim_hit,) = client.get_metric_history(run_id, "sim_time_to_target_s")
+    assert hit.step == first == sim_hit.step and first >= 1
+    walls = {m.step: m.value for m in client.get_metric_history(run_id, "wall_time_s")}
+    assert hit.value == pytest.approx(walls[first])
+    sims = {m.step: m.value for m in client.get_metric_history(run_id, "sim_time_s")}
+    assert sim_hit.value == pytest.approx(sims[first]) and sim_hit.value > 0
