@@ -120,7 +120,13 @@ def test_tracking_uri_from_config(tmp_path):
 def test_time_to_target_accuracy_is_logged_once_at_the_first_round_reaching_it():
     built = build(
         compose_experiment(
-            [*OVERRIDES, "num_rounds=4", "target_accuracy=0.5", "network=ideal", "fraction_train=1.0"]
+            [
+                *OVERRIDES,
+                "num_rounds=4",
+                "target_accuracy=0.5",
+                "network=ideal",
+                "fraction_train=1.0",
+            ]
         )
     )
     run(InProcessGrid(client_app, 4), built)
