@@ -58,7 +58,7 @@ from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.nodes import wait_for_nodes
 from strategies.records import named_array_record
-from strategies.stragglers import StragglerPolicy
+from strategies.stragglers import MeasuredStragglers, RoundPolicy, StragglerPolicy
 
 log = logging.getLogger("fl_ext")
 
@@ -155,12 +155,14 @@ def build(experiment: Experiment) -> Built:
     )
 
 
-def build_stragglers(conf: dict[str, Any]) -> StragglerPolicy | None:
-    """The virtual clock of the ``network`` group, or None for ``network=none``."""
+def build_stragglers(conf: dict[str, Any]) -> RoundPolicy | None:
+    """The ``network`` group: virtual clock, measured clock (``measured``) or None (``none``)."""
     n = dict(conf.get("network") or {"profile": "none"})
     profile = n.pop("profile", "none")
     if profile == "none":
         return None
+    if profile == "measured":
+        return MeasuredStragglers(**n)
     network = SimulatedNetwork(
         profile=profile,
         seed=int(conf["seed"]),

@@ -12,6 +12,7 @@ receives), and a client exception becomes an error reply, as Flower's runtime do
 from __future__ import annotations
 
 import itertools
+import time
 import traceback
 from collections.abc import Callable, Iterable
 
@@ -28,7 +29,11 @@ SERVER_NODE_ID = 0
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` virtual SuperNodes with ids 1..n and partition ids 0..n-1."""
+    """``num_nodes`` virtual SuperNodes with ids 1..n and partition ids 0..n-1.
+
+    ``reply_delay_s(node)``: wall seconds before that node's reply can be pulled (it is computed
+    at once), to test deadlines on measured times.
+    """
 
     def __init__(
         self,
@@ -37,6 +42,7 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         node_config: Callable[[int], dict[str, int | str | float | bool]] | None = None,
+        reply_delay_s: Callable[[int], float] | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -59,7 +65,8 @@ class InProcessGrid(Grid):
             for pid in range(num_nodes)
         }
         self._ids = itertools.count(1)
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, tuple[float, Message]] = {}  # id -> (ready at, reply)
+        self.reply_delay_s = reply_delay_s  # wall seconds before a node's reply can be pulled
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -86,12 +93,15 @@ class InProcessGrid(Grid):
         for msg in messages:
             message_id = f"m{next(self._ids)}"
             msg.metadata.__dict__["_message_id"] = message_id
-            self._replies[message_id] = self._deliver(msg)
+            delay = self.reply_delay_s(msg.metadata.dst_node_id) if self.reply_delay_s else 0.0
+            self._replies[message_id] = (time.monotonic() + delay, self._deliver(msg))
             ids.append(message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
+        now = time.monotonic()
+        ready = [m for m in message_ids if m in self._replies and self._replies[m][0] <= now]
+        return [self._replies.pop(mid)[1] for mid in ready]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

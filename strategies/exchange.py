@@ -19,12 +19,34 @@ from flwr.serverapp import Grid
 
 
 @dataclass
+class InFlight:
+    """Messages the strategy stopped waiting for: their nodes are busy until drained.
+
+    A node is never sent a second message while its first is unanswered. An entry expires
+    ``max_age_s`` after its push (a node that never answers becomes selectable again).
+    """
+
+    max_age_s: float = 3600.0
+    pending: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (node, pushed)
+
+    def busy(self) -> set[int]:
+        """Nodes with an unanswered message."""
+        now = time.monotonic()
+        self.pending = {
+            mid: (node, t) for mid, (node, t) in self.pending.items() if now - t < self.max_age_s
+        }
+        return {node for node, _ in self.pending.values()}
+
+
+@dataclass
 class Exchanged:
     """Replies of one exchange and their wall time since the push (by ``id(reply)``)."""
 
     replies: list[Message] = field(default_factory=list)
     seconds: dict[int, float] = field(default_factory=dict)
     not_pushed: int = 0
+    left_in_flight: int = 0  # not answered when the exchange stopped
+    drained: list[tuple[int, float]] = field(default_factory=list)  # late: (node, seconds)
 
     def by_node(self) -> dict[int, float]:
         """Reply time per answering node."""
@@ -48,36 +70,51 @@ def exchange(
     messages: Iterable[Message],
     *,
     timeout: float,
+    enough: int | None = None,
+    in_flight: InFlight | None = None,
     poll_s: float = 0.02,
     max_poll_s: float = 0.5,
 ) -> Exchanged:
     """Push ``messages``; pull until every reply arrived or ``timeout`` seconds passed.
 
     Replies come back in the order their messages were pushed, whatever order they arrived
-    in: aggregation sums them in that order, so a run stays reproducible.
+    in: aggregation sums them in that order, so a run stays reproducible. ``enough``: stop
+    at that many replies. ``in_flight``: late replies of earlier exchanges are drained
+    (``drained``) and this exchange's unanswered messages are added to it.
     """
     out = Exchanged()
     messages = list(messages)
-    if not messages:
+    stale = in_flight.pending if in_flight is not None else {}
+    if not messages and not stale:
         return out
     start = time.monotonic()
-    pushed = list(grid.push_messages(messages))
+    pushed = list(grid.push_messages(messages)) if messages else []
     # Flower returns None for a message it refused; dicts keep the push order
     order = {mid: i for i, mid in enumerate(pushed) if mid}
-    pending = dict(order)
+    pending = {
+        mid: msg.metadata.dst_node_id for mid, msg in zip(pushed, messages, strict=True) if mid
+    }
     out.not_pushed = len(messages) - len(pending)
     wait = poll_s
-    while pending:
-        got = list(grid.pull_messages(list(pending)))
+    while pending or (stale and not messages):
+        got = list(grid.pull_messages([*pending, *stale]))
         now = time.monotonic() - start
         for reply in got:
-            if pending.pop(reply.metadata.reply_to_message_id, None) is None:
-                continue  # not ours or already pulled
-            out.replies.append(reply)
-            out.seconds[id(reply)] = now
-        if not pending or now >= timeout:
+            mid = reply.metadata.reply_to_message_id
+            if mid in stale:
+                node, pushed_at = stale.pop(mid)
+                out.drained.append((node, time.monotonic() - pushed_at))
+            elif pending.pop(mid, None) is not None:
+                out.replies.append(reply)
+                out.seconds[id(reply)] = now
+        if not messages or not pending or now >= timeout:
+            break
+        if enough is not None and len(out.replies) >= enough:
             break
         wait = poll_s if got else min(wait * 2, max_poll_s)
         time.sleep(min(wait, max(timeout - now, 0.0)))
+    out.left_in_flight = len(pending)
+    if in_flight is not None:
+        in_flight.pending.update({mid: (node, start) for mid, node in pending.items()})
     out.replies.sort(key=lambda m: order[m.metadata.reply_to_message_id])
     return out

@@ -39,7 +39,7 @@ from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.validation import Rejection, RejectReason, check_update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
-from strategies.exchange import exchange
+from strategies.exchange import InFlight, exchange
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.records import named_array_record, record_to_named
@@ -52,7 +52,7 @@ from strategies.replies import (
     parse_train_reply,
 )
 from strategies.round_log import RoundLog
-from strategies.stragglers import StragglerPolicy
+from strategies.stragglers import RoundPolicy
 from strategies.wire import record_wire_bytes
 
 RoundCallback = Callable[[int, dict[str, float]], None]
@@ -114,7 +114,7 @@ class FlExtFedAvg(FedAvg):
         privacy: PrivacyPlan | None = None,
         compression: Compression | None = None,
         selector: Selector | None = None,
-        stragglers: StragglerPolicy | None = None,
+        stragglers: RoundPolicy | None = None,
         target_accuracy: float | None = None,
     ) -> None:
         _check_settings(
@@ -161,6 +161,8 @@ class FlExtFedAvg(FedAvg):
         self._bytes_down_node: dict[int, int] = {}
         self._epochs_node: dict[int, int] = {}
         self._reply_seconds: dict[int, float] = {}  # measured, this round's train exchange
+        self._left_in_flight = 0
+        self.in_flight = InFlight()  # messages not waited for: their nodes are busy
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
             if fraction_evaluate > 0
@@ -285,8 +287,9 @@ class FlExtFedAvg(FedAvg):
         self._set_global(arrays)
         available = list(grid.get_node_ids())
         if self.stragglers is not None:  # simulated availability: who is online this round
-            available = [n for n in available if self.stragglers.network.online(n, server_round)]
-        available = [n for n in available if n not in self.incompatible]
+            available = [n for n in available if self.stragglers.online(n, server_round)]
+        busy = self.in_flight.busy()
+        available = [n for n in available if n not in self.incompatible and n not in busy]
         self._num_available = len(available)
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
@@ -366,6 +369,8 @@ class FlExtFedAvg(FedAvg):
                 bytes_down=self._bytes_down_node,
                 epochs=self._epochs_node,
                 bytes_up=sizes,
+                measured=self._reply_seconds,
+                in_flight=self._left_in_flight,
             )
         self._count_upload(clock.arrived if clock else replies, sizes)
         if clock is not None:
@@ -418,7 +423,8 @@ class FlExtFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Select nodes for federated evaluation (none when ``fraction_evaluate`` is 0)."""
         self._set_global(arrays)
-        available = [n for n in grid.get_node_ids() if n not in self.incompatible]
+        busy = self.in_flight.busy()
+        available = [n for n in grid.get_node_ids() if n not in busy and n not in self.incompatible]
         if self.evaluate_selector is None or len(available) < self.min_evaluate_nodes:
             return []
         selected = self.evaluate_selector.select(available)
@@ -512,6 +518,7 @@ class FlExtFedAvg(FedAvg):
             result=Result(arrays=initial_arrays),
         )
         notify = on_round_end or (lambda _round, _metrics: None)
+        self.in_flight = InFlight(max_age_s=2 * timeout)  # a silent node is retried after that
         t_start = time.monotonic()
         initial = phases.central(0, initial_arrays) if first_round == 1 else {}
         if initial:
@@ -540,12 +547,16 @@ class FlExtFedAvg(FedAvg):
         """Train, evaluate (federated, then centralized) and collect the round's metrics."""
         result, grid = phases.result, phases.grid
         t_round = time.monotonic()
-        trained = exchange(
-            grid,
-            self.configure_train(server_round, result.arrays, phases.train_config, grid),
-            timeout=phases.timeout,
+        messages = self.configure_train(server_round, result.arrays, phases.train_config, grid)
+        enough, limit = (
+            self.stragglers.exchange_limits(self._needed, phases.timeout)
+            if self.stragglers is not None
+            else (None, phases.timeout)
         )
+        trained = exchange(grid, messages, timeout=limit, enough=enough, in_flight=self.in_flight)
         self._reply_seconds = trained.by_node()
+        self._left_in_flight = trained.left_in_flight
+        self._drained(trained.drained)
         new_arrays, train_metrics = self.aggregate_train(server_round, trained.replies)
         t_train = time.monotonic() - t_round
         metrics: dict[str, float] = {}
@@ -558,7 +569,9 @@ class FlExtFedAvg(FedAvg):
             grid,
             self.configure_evaluate(server_round, result.arrays, phases.evaluate_config, grid),
             timeout=phases.timeout,
+            in_flight=self.in_flight,
         )
+        self._drained(evaluated.drained)
         fed_metrics = self.aggregate_evaluate(server_round, evaluated.replies)
         if fed_metrics is not None:
             result.evaluate_metrics_clientapp[server_round] = fed_metrics
@@ -573,7 +586,7 @@ class FlExtFedAvg(FedAvg):
             metrics.update(self.privacy.metrics())
         if self.compression is not None:
             metrics.update(self.compression.metrics())
-        if self.stragglers is not None:
+        if self.stragglers is not None and self.stragglers.simulated:
             metrics["sim_time_s"] = self.stragglers.sim_time_s
         round_time = time.monotonic() - t_round
         self.wall_time_s += round_time
@@ -595,7 +608,7 @@ class FlExtFedAvg(FedAvg):
         if accuracy >= self.target_accuracy:
             self.target_round = server_round
             metrics["time_to_target_s"] = self.wall_time_s
-            if self.stragglers is not None:
+            if self.stragglers is not None and self.stragglers.simulated:
                 metrics["sim_time_to_target_s"] = self.stragglers.sim_time_s
             log(
                 INFO,
@@ -603,7 +616,9 @@ class FlExtFedAvg(FedAvg):
                 self.target_accuracy,
                 server_round,
                 self.wall_time_s,
-                f", {self.stragglers.sim_time_s:.1f} s simulated" if self.stragglers else "",
+                f", {self.stragglers.sim_time_s:.1f} s simulated"
+                if self.stragglers is not None and self.stragglers.simulated
+                else "",
             )
 
     # --------------------------------------------------------------- helpers
@@ -753,6 +768,12 @@ class FlExtFedAvg(FedAvg):
                 self.registry.on_failure(node)
                 if node in durations:
                     self.registry.on_duration(node, durations[node])
+
+    def _drained(self, late: list[tuple[int, float]]) -> None:
+        """Replies of earlier rounds that came after their round closed: speed still counts."""
+        self.round_log.late_drained += len(late)
+        for node, seconds in late:
+            self.registry.on_duration(node, seconds)
 
     def _mark_incompatible(self, node_id: int, reason: str) -> None:
         """Not selected again in this run: its version or model cannot take part."""

@@ -27,6 +27,7 @@ class RoundLog:
     eval_replied: int = 0
     eval_failed: int = 0
     eval_rejected: int = 0
+    late_drained: int = 0  # replies of earlier rounds that arrived after their round closed
     clock: ClockRound | None = None  # the virtual clock's decisions (simulated heterogeneity)
 
     def metrics(self) -> dict[str, float]:
@@ -43,6 +44,7 @@ class RoundLog:
             "eval_clients_selected": self.eval_selected,
             "eval_clients_replied": self.eval_replied,
             "eval_clients_rejected": self.eval_rejected,
+            "late_replies_drained": self.late_drained,
         }
         for reason, count in self.rejected.items():
             out[f"rejected_{reason}"] = count
@@ -52,6 +54,7 @@ class RoundLog:
                 clients_late=self.clock.late,
                 clients_completed=len(self.clock.kept),
                 straggler_index=self.clock.straggler_index,
-                sim_round_s=self.clock.sim_round_s,
             )
+            key = "sim_round_s" if self.clock.simulated else "round_close_s"
+            out[key] = self.clock.sim_round_s
         return out

@@ -1,4 +1,4 @@
-"""Deadlines, over-selection, partial aggregation and the fallback, on a virtual clock.
+"""Deadlines, over-selection, partial aggregation and the fallback, on a virtual or a real clock.
 
 Per round: the selector is asked for ``ceil(over_selection * K)`` nodes (K = what the round
 needs); each reply gets its simulated arrival time from :class:`SimulatedNetwork` (reported
@@ -10,6 +10,12 @@ aggregates them (partial aggregation); if more than ``fallback_fraction`` of the
 dropped or were late, the round is abandoned: the model is kept, an alert is logged, training
 goes on. The simulated time of each round and the running total are reported, so time to
 accuracy is in simulated seconds.
+
+:class:`MeasuredStragglers` applies the same rules to measured wall times on a real
+deployment (or a simulation that should not model devices): the train exchange stops pulling
+at the K-th reply or the deadline (adaptive percentile of past reply times, else the round
+timeout); nodes whose messages are still in flight are *late* and stay busy (not selected)
+until their reply is drained or the round timeout has passed since it was sent.
 """
 
 from __future__ import annotations
@@ -38,21 +44,20 @@ class ClockRound:
     fallback: str | None = None
     durations: dict[int, float] = field(default_factory=dict)  # arrival time per answering node
     arrived: list[Message] = field(default_factory=list)  # reached the server (also late ones)
+    simulated: bool = True  # times are simulated seconds (virtual clock), else measured
 
 
-class StragglerPolicy:
-    """See the module docstring."""
+class RoundPolicy:
+    """Over-selection, deadline, partial aggregation and fallback on arrival times (shared)."""
 
     def __init__(
         self,
         *,
-        network: SimulatedNetwork,
         over_selection: float = 1.3,
         deadline_s: float | None = None,
         deadline_percentile: float | None = 90.0,
         partial_fraction: float = 0.8,
         fallback_fraction: float = 0.5,
-        seconds_per_example: float | None = 0.001,
     ) -> None:
         if not over_selection >= 1:
             raise ValueError(f"over_selection must be >= 1, got {over_selection}")
@@ -66,18 +71,43 @@ class StragglerPolicy:
         ):
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
-        self.network = network
         self.over_selection = float(over_selection)
         self.deadline_s, self.deadline_percentile = deadline_s, deadline_percentile
         self.partial_fraction, self.fallback_fraction = (
             float(partial_fraction),
             float(fallback_fraction),
         )
-        if seconds_per_example is not None and not seconds_per_example > 0:
-            raise ValueError(f"seconds_per_example must be > 0 or null, got {seconds_per_example}")
-        self.seconds_per_example = seconds_per_example
         self.history: list[float] = []  # past arrival times, for the adaptive deadline
         self.sim_time_s = 0.0
+
+    simulated = True  # the clock is virtual (simulated seconds), not measured
+
+    def online(self, node_id: int, server_round: int) -> bool:
+        """Whether a node may be selected this round (simulated availability)."""
+        return True
+
+    def asked(self, needed: int, available: int) -> int:
+        """How many nodes to select so that ``needed`` replies arrive despite dropouts."""
+        return min(available, math.ceil(self.over_selection * needed))
+
+    def deadline(self) -> float:
+        if self.deadline_s is not None:
+            return self.deadline_s
+        if self.deadline_percentile is None or len(self.history) < 10:
+            return math.inf
+        return float(np.percentile(self.history, self.deadline_percentile))
+
+    def exchange_limits(self, needed: int, timeout: float) -> tuple[int | None, float]:
+        """``(stop after this many replies, wait at most)`` for the train exchange."""
+        return None, timeout  # the virtual clock decides afterwards: collect every reply
+
+    def close(
+        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
+        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
+        measured: dict[int, float] | None = None, in_flight: int = 0,
+    ) -> ClockRound:  # fmt: skip
+        """Which replies count this round (see the subclasses)."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """The clock and the arrival history (the network's draws are keyed by node and round)."""
@@ -86,6 +116,70 @@ class StragglerPolicy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [float(t) for t in state["history"]][-_HISTORY:]
         self.sim_time_s = float(state["sim_time_s"])
+
+    def decide(
+        self,
+        arrivals: list[tuple[float, Message]],
+        out: ClockRound,
+        *,
+        needed: int,
+        asked: int,
+        limit: float,
+        unfinished: int = 0,
+    ) -> ClockRound:
+        """Keep the first ``needed`` on-time arrivals; partial aggregation or the fallback.
+
+        ``unfinished``: nodes still working when the round closed that count as failed
+        (measured clock, deadline reached before enough replies).
+        """
+        arrivals.sort(key=lambda a: a[0])
+        times = [t for t, _ in arrivals]
+        self.history = (self.history + times)[-_HISTORY:]  # bounded: cost does not grow with rounds
+        on_time = [(t, m) for t, m in arrivals if t <= limit]
+        out.late += len(arrivals) - len(on_time)
+        kept = on_time[:needed]
+        out.late += len(on_time) - len(kept)  # beyond the K first: not waited for
+        out.kept = [m for _, m in kept]
+        if kept and len(kept) >= needed:
+            out.sim_round_s = kept[-1][0]
+        else:
+            out.sim_round_s = limit if math.isfinite(limit) else (times[-1] if times else 0.0)
+        if times:
+            out.straggler_index = float(np.percentile(times, 99) / max(np.median(times), 1e-12))
+        failed = out.dropped + (len(arrivals) - len(on_time)) + unfinished
+        if failed > self.fallback_fraction * asked:
+            out.fallback = (
+                f"{failed} of {asked} selected nodes dropped or missed the deadline "
+                f"({limit:.2f} s): global model kept"
+            )
+            out.kept = []
+        elif len(kept) < math.ceil(self.partial_fraction * needed):
+            out.fallback = (
+                f"only {len(kept)} of the {needed} needed updates arrived by {limit:.2f} s "
+                f"(partial aggregation needs {self.partial_fraction:.0%}): global model kept"
+            )
+            out.kept = []
+        return out
+
+
+class StragglerPolicy(RoundPolicy):
+    """The virtual clock: see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        network: SimulatedNetwork,
+        seconds_per_example: float | None = 0.001,
+        **rules: Any,
+    ) -> None:
+        super().__init__(**rules)
+        self.network = network
+        if seconds_per_example is not None and not seconds_per_example > 0:
+            raise ValueError(f"seconds_per_example must be > 0 or null, got {seconds_per_example}")
+        self.seconds_per_example = seconds_per_example
+
+    def online(self, node_id: int, server_round: int) -> bool:
+        return self.network.online(node_id, server_round)
 
     def _compute_s(self, msg: Message, epochs: int) -> float:
         """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""
@@ -99,20 +193,10 @@ class StragglerPolicy:
         value = metrics.get("compute_time_s", 0.0)
         return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
 
-    def asked(self, needed: int, available: int) -> int:
-        """How many nodes to select so that ``needed`` replies arrive despite dropouts."""
-        return min(available, math.ceil(self.over_selection * needed))
-
-    def deadline(self) -> float:
-        if self.deadline_s is not None:
-            return self.deadline_s
-        if self.deadline_percentile is None or len(self.history) < 10:
-            return math.inf
-        return float(np.percentile(self.history, self.deadline_percentile))
-
     def close(
         self, server_round: int, replies: list[Message], *, needed: int, asked: int,
         bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
+        measured: dict[int, float] | None = None, in_flight: int = 0,
     ) -> ClockRound:  # fmt: skip
         """Which replies count, and how long the round took on the simulated clock.
 
@@ -132,33 +216,39 @@ class StragglerPolicy:
             arrivals.append((t, msg))
             out.durations[node] = t
         out.dropped += max(asked - len(replies), 0)  # no reply at all (timeout, vanished node)
-        arrivals.sort(key=lambda a: a[0])
-        times = [t for t, _ in arrivals]
-        self.history = (self.history + times)[-_HISTORY:]  # bounded: cost does not grow with rounds
-        limit = self.deadline()
-        on_time = [(t, m) for t, m in arrivals if t <= limit]
-        out.late = len(arrivals) - len(on_time)
-        kept = on_time[:needed]
-        out.late += len(on_time) - len(kept)  # beyond the K first: not waited for
-        out.kept = [m for _, m in kept]
-        if kept and len(kept) >= needed:
-            out.sim_round_s = kept[-1][0]
-        else:
-            out.sim_round_s = limit if math.isfinite(limit) else (times[-1] if times else 0.0)
-        if times:
-            out.straggler_index = float(np.percentile(times, 99) / max(np.median(times), 1e-12))
-        failed = out.dropped + (len(arrivals) - len(on_time))
-        if failed > self.fallback_fraction * asked:
-            out.fallback = (
-                f"{failed} of {asked} selected nodes dropped or missed the deadline "
-                f"({limit:.2f} s): global model kept"
-            )
-            out.kept = []
-        elif len(kept) < math.ceil(self.partial_fraction * needed):
-            out.fallback = (
-                f"only {len(kept)} of the {needed} needed updates arrived by {limit:.2f} s "
-                f"(partial aggregation needs {self.partial_fraction:.0%}): global model kept"
-            )
-            out.kept = []
+        self.decide(arrivals, out, needed=needed, asked=asked, limit=self.deadline())
         self.sim_time_s += out.sim_round_s
+        return out
+
+
+class MeasuredStragglers(RoundPolicy):
+    """The same rules on measured reply times (wall seconds from push to pull)."""
+
+    simulated = False
+
+    def exchange_limits(self, needed: int, timeout: float) -> tuple[int | None, float]:
+        """Stop pulling at the ``needed``-th reply or at the deadline, whichever comes first."""
+        return needed, min(timeout, self.deadline())
+
+    def close(
+        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
+        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
+        measured: dict[int, float] | None = None, in_flight: int = 0,
+    ) -> ClockRound:  # fmt: skip
+        """Replies that arrived (with their measured times); ``in_flight`` are late."""
+        out = ClockRound(simulated=False)
+        seconds = measured or {}
+        arrivals = []
+        for msg in replies:
+            t = seconds.get(msg.metadata.src_node_id, 0.0)
+            out.arrived.append(msg)
+            arrivals.append((t, msg))
+            out.durations[msg.metadata.src_node_id] = t
+        out.late = in_flight
+        out.dropped = max(asked - len(replies) - in_flight, 0)  # pushes refused, lost nodes
+        unfinished = in_flight if len(replies) < needed else 0  # stopped early: not failures
+        self.decide(
+            arrivals, out, needed=needed, asked=asked, limit=self.deadline(), unfinished=unfinished
+        )
+        self.sim_time_s += out.sim_round_s  # here: wall seconds to the round's close
         return out

@@ -78,3 +78,29 @@ def test_bad_network_settings():
                 [*BASE, "network=mixed", "network.profile=satellite", "tracking=none"]
             )
         )
+
+
+def test_measured_network_runs_the_same_rules_on_wall_times():
+    """``network=measured``: no simulated devices; a slow node is not waited for."""
+    built = build(
+        compose_experiment(
+            [*BASE, "num_rounds=3", "network=measured", "fraction_train=0.5", "round_timeout=20"]
+        )
+    )
+    slow = 1
+    run(InProcessGrid(client_app, 6, reply_delay_s=lambda n: 2.5 if n == slow else 0.0), built)
+    client = MlflowClient(resolve_tracking_uri())
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs([exp.experiment_id], max_results=1)
+    metrics = {
+        k: [
+            m.value
+            for m in sorted(client.get_metric_history(found.info.run_id, k), key=lambda m: m.step)
+        ]
+        for k in ("round_time_s", "clients_completed", "clients_selected", "round_close_s")
+    }
+    assert "sim_time_s" not in found.data.metrics  # no virtual clock here
+    assert metrics["clients_selected"][0] == 4  # 1.3 x the 3 needed, rounded up
+    assert all(c == 3 for c in metrics["clients_completed"])
+    assert max(metrics["round_time_s"]) < 2.5  # never waited for the 2.5 s node
+    assert built.history[3] > 0.5
