@@ -19,11 +19,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from fl_ext.security import DeploymentMaterial
 from simulations.local_superlink import (
     QUIET_ENV,
+    OwnedProcesses,
     flwr_bin,
     free_port,
     stop_process_group,
@@ -42,7 +42,7 @@ def _timestamp_lines(process: subprocess.Popen[bytes], path: Path) -> None:
             log_file.flush()
 
 
-class LocalDeployment:
+class LocalDeployment(OwnedProcesses):
     """SuperLink + ``num_nodes`` SuperNodes on 127.0.0.1.
 
     ``tls=False`` starts everything insecure (no node authentication either: Flower allows
@@ -260,14 +260,3 @@ class LocalDeployment:
         self.supernodes = []
         stop_process_group(self.superlink)
         self.superlink = None
-
-    def __enter__(self) -> LocalDeployment:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

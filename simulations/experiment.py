@@ -359,6 +359,27 @@ def _run_key(tracker: Tracker) -> str:
     return tracker.run_id or time.strftime("run-%Y%m%d-%H%M%S")
 
 
+def _register(
+    built: Built,
+    name: str,
+    tags: dict[str, str],
+    *,
+    server_round: int,
+    signature: str,
+    aliases: tuple[str, ...],
+    artifact_path: str = "model",
+) -> str | None:
+    """Log ``built.model`` (its current weights) and register it with its round and signature."""
+    return built.tracker.log_model(
+        built.model,
+        input_example=built.split.test.x[:2],
+        registered_name=name,
+        tags={**tags, "round": str(server_round), "checkpoint_signature": signature},
+        artifact_path=artifact_path,
+        aliases=aliases,
+    )
+
+
 def central_evaluate(built: Built, server_round: int, arrays: ArrayRecord) -> MetricRecord:
     """Loss and accuracy of the global model on the server's held-out test split."""
     set_weights(built.model, arrays.to_numpy_ndarrays())
@@ -420,16 +441,12 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         saver.last.server_round if saver.last is not None else max(built.history, default=0)
     )
     best_is_final = saver.best_round in (last_round, -1)
-    version = tracker.log_model(
-        built.model,
-        input_example=built.split.test.x[:2],
-        registered_name=registered,
-        tags={
-            **fl_tags,
-            "stage": "final",
-            "round": str(last_round),
-            "checkpoint_signature": saver.signatures.get(last_round, "none"),
-        },
+    version = _register(
+        built,
+        registered,
+        {**fl_tags, "stage": "final"},
+        server_round=last_round,
+        signature=saver.signatures.get(last_round, "none"),
         aliases=("final", "best") if best_is_final else ("final",),
     )
     tracker.set_tags(
@@ -437,19 +454,14 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
     )
     if not best_is_final:
         set_weights(built.model, saver.best_arrays)
-        best_version = tracker.log_model(
-            built.model,
-            input_example=built.split.test.x[:2],
-            registered_name=registered,
-            tags={
-                **fl_tags,
-                "stage": "best",
-                "round": str(saver.best_round),
-                "best_test_accuracy": f"{saver.best_accuracy:.4f}",
-                "checkpoint_signature": saver.signatures.get(saver.best_round, "none"),
-            },
-            artifact_path="best_model",
+        best_version = _register(
+            built,
+            registered,
+            {**fl_tags, "stage": "best", "best_test_accuracy": f"{saver.best_accuracy:.4f}"},
+            server_round=saver.best_round,
+            signature=saver.signatures.get(saver.best_round, "none"),
             aliases=("best",),
+            artifact_path="best_model",
         )
         tracker.set_tags({"best_round": str(saver.best_round), "best_version": str(best_version)})
     log.info(

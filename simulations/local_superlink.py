@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -76,7 +77,28 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, poll: float
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
-class LocalSuperLink:
+class OwnedProcesses:
+    """Context manager for things that ``start()`` processes and ``stop()`` them by PID."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalSuperLink(OwnedProcesses):
     """Start ``flower-superlink --simulation`` on free loopback ports; stop it by PID."""
 
     def __init__(
@@ -159,14 +181,3 @@ class LocalSuperLink:
     def stop(self, timeout: float = 20.0) -> None:
         """Stop our SuperLink and its process group (the simulation it spawned), by PID."""
         stop_process_group(self.process, timeout)
-
-    def __enter__(self) -> LocalSuperLink:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
