@@ -37,12 +37,18 @@ def build_compression(conf: dict[str, Any]) -> Compression | None:
     )
 
 
+# auto: the network group's simulated uplink when one is configured, else a draw from
+# profiles_mbps; network: the network group's (required); simulated: always the draw
+BANDWIDTH_SOURCES = ("auto", "network", "simulated")
+
+
 def _adaptive(
     a: dict[str, Any], c: dict[str, Any], downlink: Codec | None, seed: int
 ) -> AdaptiveCompression:
-    if a.get("bandwidth", "simulated") != "simulated":
+    if a.get("bandwidth", "auto") not in BANDWIDTH_SOURCES:
         raise ValueError(
-            f"codec.adaptive.bandwidth {a.get('bandwidth')!r}: only 'simulated' is available"
+            f"codec.adaptive.bandwidth {a.get('bandwidth')!r} is not one of "
+            f"{', '.join(BANDWIDTH_SOURCES)}"
         )
     tiers = []
     for i, raw in enumerate(a.get("tiers") or []):

@@ -56,6 +56,7 @@ from simulations.config import ConfigError, Experiment
 from simulations.privacy_build import build_privacy
 from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
+from strategies.compression import AdaptiveCompression, Compression
 from strategies.nodes import wait_for_nodes
 from strategies.records import named_array_record
 from strategies.stragglers import MeasuredStragglers, RoundPolicy, StragglerPolicy
@@ -107,6 +108,7 @@ def build(experiment: Experiment) -> Built:
         compression = build_compression(conf)
         selector = build_from_spec(conf["selection"], Selector)
         stragglers = build_stragglers(conf)
+        link_adaptive_codec(conf, compression, stragglers)
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
@@ -153,6 +155,24 @@ def build(experiment: Experiment) -> Built:
         train_config,
         ConfigRecord(data_keys),
     )
+
+
+def link_adaptive_codec(
+    conf: dict[str, Any], compression: Compression | None, stragglers: RoundPolicy | None
+) -> None:
+    """Adaptive codec tiers follow the simulated network's uplinks (``bandwidth: auto|network``)."""
+    if not isinstance(compression, AdaptiveCompression):
+        return
+    source = ((conf.get("codec") or {}).get("adaptive") or {}).get("bandwidth", "auto")
+    if source == "simulated":
+        return
+    if isinstance(stragglers, StragglerPolicy):
+        compression.follow_network(stragglers.network)
+    elif source == "network":
+        raise ValueError(
+            "codec.adaptive.bandwidth=network needs a simulated network "
+            "(network=ideal|mobile|mixed); use auto or simulated otherwise"
+        )
 
 
 def build_stragglers(conf: dict[str, Any]) -> RoundPolicy | None:

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord
 
 from fl_ext.codecs import Codec
 from fl_ext.params import ParamSpec
+from fl_ext.selection.network import SimulatedNetwork
 from fl_ext.specs import spec_to_json
 from strategies.records import payload_record, record_to_named
 
@@ -88,9 +89,10 @@ class AdaptiveCompression(Compression):
 
     Slow links compress harder (and may train fewer epochs so they are not left behind).
 
-    Bandwidth is simulated here: each node draws one of ``profiles_mbps`` (seeded, fixed for the
-    run). The round's simulated upload time of a node is its reply bytes / bandwidth; the
-    slowest one is reported (``sim_upload_s_max``) so policies can be compared.
+    Bandwidth is simulated: the uplink of the node in the simulated network when the strategy
+    has one (:meth:`follow_network`), else one of ``profiles_mbps`` drawn per node (seeded,
+    fixed for the run). The round's simulated upload time of a node is its reply bytes /
+    bandwidth; the slowest one is reported (``sim_upload_s_max``) so policies can be compared.
     """
 
     def __init__(
@@ -118,9 +120,17 @@ class AdaptiveCompression(Compression):
         self._bandwidth: dict[int, float] = {}
         self._assigned: dict[int, Tier] = {}
         self._upload_s: list[float] = []
+        self._network: SimulatedNetwork | None = None
+
+    def follow_network(self, network: SimulatedNetwork) -> None:
+        """Take each node's uplink bandwidth from the simulated network (one truth per node)."""
+        self._network = network
+        self._bandwidth = {}
 
     def bandwidth(self, node: int) -> float:
-        """The node's simulated uplink bandwidth in Mbit/s (drawn once, seeded by node id)."""
+        """The node's uplink bandwidth in Mbit/s: the network's, else drawn once (seeded)."""
+        if self._network is not None:
+            return self._network.node(node).up_mbps
         if node not in self._bandwidth:
             rng = np.random.default_rng([self.seed, node & 0xFFFFFFFF, node >> 32])
             self._bandwidth[node] = self.profiles[int(rng.integers(len(self.profiles)))]

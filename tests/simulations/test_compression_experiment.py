@@ -94,9 +94,39 @@ def test_adaptive_codec_compresses_slow_links_harder():
     [
         ("codec.adaptive.tiers=[]", "catch-all tier"),
         ("codec.adaptive.profiles_mbps=[0]", "positive bandwidths"),
-        ("codec.adaptive.bandwidth=measured", "only 'simulated'"),
+        ("codec.adaptive.bandwidth=measured", "is not one of auto, network, simulated"),
+        ("codec.adaptive.bandwidth=network", "needs a simulated network"),
     ],
 )
 def test_bad_adaptive_settings(override, match):
     with pytest.raises(ConfigError, match=match):
         build(compose_experiment([*BASE, "codec=adaptive", override, "tracking=none"]))
+
+
+def test_adaptive_tiers_follow_the_simulated_network_uplinks():
+    """With network=mixed the codec tier of a node is decided by the same uplink the clock uses."""
+    built = build(
+        compose_experiment(
+            [*BASE, "num_rounds=1", "codec=adaptive", "network=mixed", "tracking=none"]
+        )
+    )
+    run(InProcessGrid(real_app, 8), built)
+    comp, network = built.strategy.compression, built.strategy.stragglers.network
+    for node in range(1, 9):
+        up = network.node(node).up_mbps
+        assert comp.bandwidth(node) == up
+        assert comp.tier(node) is next(
+            t for t in comp.tiers if t.max_mbps is None or up <= t.max_mbps
+        )
+    independent = build(
+        compose_experiment(
+            [
+                *BASE,
+                "codec=adaptive",
+                "network=mixed",
+                "codec.adaptive.bandwidth=simulated",
+                "tracking=none",
+            ]
+        )
+    )
+    assert independent.strategy.compression.bandwidth(3) in (0.5, 2.0, 10.0, 100.0)
