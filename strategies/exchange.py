@@ -96,6 +96,7 @@ def exchange(
     }
     out.not_pushed = len(messages) - len(pending)
     wait = poll_s
+    updates = 0  # replies with content: what ``enough`` counts (an error reply is no update)
     while pending or (stale and not messages):
         got = list(grid.pull_messages([*pending, *stale]))
         now = time.monotonic() - start
@@ -107,9 +108,10 @@ def exchange(
             elif pending.pop(mid, None) is not None:
                 out.replies.append(reply)
                 out.seconds[id(reply)] = now
+                updates += not reply.has_error()
         if not messages or not pending or now >= timeout:
             break
-        if enough is not None and len(out.replies) >= enough:
+        if enough is not None and updates >= enough:
             break
         wait = poll_s if got else min(wait * 2, max_poll_s)
         time.sleep(min(wait, max(timeout - now, 0.0)))

@@ -52,7 +52,7 @@ class RoundLog:
             out.update(
                 clients_dropped=self.clock.dropped,
                 clients_late=self.clock.late,
-                clients_completed=len(self.clock.kept),
+                clients_completed=self.clock.completed,
                 straggler_index=self.clock.straggler_index,
             )
             key = "sim_round_s" if self.clock.simulated else "round_close_s"

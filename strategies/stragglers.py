@@ -45,6 +45,7 @@ class ClockRound:
     durations: dict[int, float] = field(default_factory=dict)  # arrival time per answering node
     arrived: list[Message] = field(default_factory=list)  # reached the server (also late ones)
     simulated: bool = True  # times are simulated seconds (virtual clock), else measured
+    completed: int = 0  # updates kept for aggregation (``kept`` also passes error replies on)
 
 
 class RoundPolicy:
@@ -130,8 +131,12 @@ class RoundPolicy:
         """Keep the first ``needed`` on-time arrivals; partial aggregation or the fallback.
 
         ``unfinished``: nodes still working when the round closed that count as failed
-        (measured clock, deadline reached before enough replies).
+        (measured clock, deadline reached before enough replies). Error replies (a crashed
+        or declining client) take no place among the ``needed``: they count as failed and
+        are always passed on, so the strategy still sees why each node failed.
         """
+        errors = [m for _, m in arrivals if m.has_error()]
+        arrivals = [(t, m) for t, m in arrivals if not m.has_error()]
         arrivals.sort(key=lambda a: a[0])
         times = [t for t, _ in arrivals]
         self.history = (self.history + times)[-_HISTORY:]  # bounded: cost does not grow with rounds
@@ -146,7 +151,7 @@ class RoundPolicy:
             out.sim_round_s = limit if math.isfinite(limit) else (times[-1] if times else 0.0)
         if times:
             out.straggler_index = float(np.percentile(times, 99) / max(np.median(times), 1e-12))
-        failed = out.dropped + (len(arrivals) - len(on_time)) + unfinished
+        failed = out.dropped + len(errors) + (len(arrivals) - len(on_time)) + unfinished
         if failed > self.fallback_fraction * asked:
             out.fallback = (
                 f"{failed} of {asked} selected nodes dropped or missed the deadline "
@@ -159,6 +164,8 @@ class RoundPolicy:
                 f"(partial aggregation needs {self.partial_fraction:.0%}): global model kept"
             )
             out.kept = []
+        out.completed = len(out.kept)
+        out.kept += errors
         return out
 
 
@@ -214,7 +221,8 @@ class StragglerPolicy(RoundPolicy):
             out.arrived.append(msg)
             t = self.network.round_time(node, compute, bytes_down.get(node, 0), up)
             arrivals.append((t, msg))
-            out.durations[node] = t
+            if not msg.has_error():  # a failure says nothing about the node's speed
+                out.durations[node] = t
         out.dropped += max(asked - len(replies), 0)  # no reply at all (timeout, vanished node)
         self.decide(arrivals, out, needed=needed, asked=asked, limit=self.deadline())
         self.sim_time_s += out.sim_round_s

@@ -83,3 +83,15 @@ def test_partial_aggregation_when_enough_of_the_needed_arrive_by_the_deadline():
     got = record_to_named(result.arrays)
     for k, v in expected_mean([1, 2, 3, 4]).items():
         np.testing.assert_allclose(got[k], v, rtol=1e-6)
+
+
+def test_an_error_reply_takes_no_place_among_the_needed_updates():
+    grid = InProcessGrid(make_app({1: "raise"}), 6, reply_delay_s=lambda n: 1.5 if n == 6 else 0.0)
+    policy = MeasuredStragglers(over_selection=1.5, deadline_percentile=None)
+    strategy, result, seen, _ = _start(grid, policy, rounds=1)
+    m = seen[1]
+    assert m["clients_failed"] == 1 and m["clients_completed"] == 4 and m["round_skipped"] == 0
+    got = record_to_named(result.arrays)
+    for k, v in expected_mean([2, 3, 4, 5]).items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-6)
+    assert strategy.in_flight.busy() == {6}
