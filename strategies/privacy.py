@@ -195,6 +195,7 @@ class SampleLevelDP:
         }
         self.target_epsilon = target_epsilon
         self.node_keys: dict[int, str] = {}
+        self.identity_changed: dict[int, str] = {}  # this round: node -> why its reply is refused
         self.exhausted: set[int] = set()
         self.last: dict[str, float] = {}
 
@@ -246,6 +247,7 @@ class SampleLevelDP:
         """
         spends: dict[str, GaussianSteps] = {}
         claims: dict[int, float] = {}
+        self.identity_changed = {}
         for msg in replies:
             if not (msg.has_content() and "metrics" in msg.content):
                 continue
@@ -258,6 +260,14 @@ class SampleLevelDP:
                 continue  # a second reply claiming the same client: the first one counts
             spends[key] = entry
             node = msg.metadata.src_node_id
+            previous = self.node_keys.get(node)
+            if previous is not None and previous != key:  # charged to the new claim, refused
+                self.identity_changed[node] = (
+                    f"node {node} reported DP client {previous} before and {key} now: its "
+                    "privacy spend cannot be attributed; reply refused"
+                )
+                log(WARNING, "\t> %s", self.identity_changed[node])
+                continue
             self.node_keys[node] = key
             claim = metrics.get("dp-epsilon")
             claims[node] = float(claim) if isinstance(claim, (int, float)) else math.nan
@@ -277,8 +287,12 @@ class SampleLevelDP:
         self.last = {"dp_clients_exhausted": float(len(self.exhausted))}
 
     def check_reply(self, reply: TrainReply) -> Rejection | None:
+        """Unusable DP figures, or a node that changed the client identity it reports."""
         parsed = parse_dp_metrics(reply.metrics)
-        return parsed if isinstance(parsed, Rejection) else None
+        if isinstance(parsed, Rejection):
+            return parsed
+        changed = self.identity_changed.get(reply.node_id)
+        return Rejection(RejectReason.BAD_METRIC, changed) if changed else None
 
     def metrics(self) -> dict[str, float]:
         return {**self.last, **self.ledger.metrics()}
