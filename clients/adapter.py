@@ -23,6 +23,7 @@ from torch import nn
 from fl_ext import __version__
 from fl_ext.compat import (
     CLIENT_INFO,
+    EVALUATE_RECEIVED,
     INCOMPATIBLE,
     SCHEMA_KEY,
     VERSION_KEY,
@@ -75,7 +76,9 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     """Run ``fit`` and wrap its result as the reply to ``msg``.
 
     With ``codec-up`` in the config the reply carries the encoded update (trained minus
-    received) instead of the full arrays.
+    received) instead of the full arrays. With ``evaluate-received`` the client first
+    evaluates the model it received on its local test split and adds ``eval-loss``,
+    ``eval-accuracy`` and ``eval-num-examples`` to the reply (one exchange per round).
     """
     config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
     record = msg.content[ARRAYS_KEY]
@@ -91,6 +94,14 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
         arrays = received_arrays(record, config, client.get_parameters({}))
     else:
         names, arrays = list(record.keys()), record.to_numpy_ndarrays()
+    evaluated: dict[str, Any] = {}
+    if config.get(EVALUATE_RECEIVED):
+        loss, count, scores = client.evaluate(arrays, config)
+        evaluated = {
+            "eval-loss": float(loss),
+            "eval-accuracy": float(scores.get("accuracy", float("nan"))),
+            "eval-num-examples": int(count),
+        }
     try:
         new_arrays, num_examples, metrics = client.fit(arrays, config)
     except BudgetExhausted as err:
@@ -104,7 +115,7 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     content = RecordDict(
         {
             ARRAYS_KEY: out,
-            METRICS_KEY: MetricRecord({**metrics, "num-examples": int(num_examples)}),
+            METRICS_KEY: MetricRecord({**metrics, **evaluated, "num-examples": int(num_examples)}),
             CLIENT_INFO: client_info(schema),
         }
     )

@@ -16,6 +16,7 @@ import numpy as np
 from fl_ext.refusals import INCOMPATIBLE
 
 __all__ = ["INCOMPATIBLE", "incompatibility", "parse_version", "schema_hash", "schema_mismatch"]
+EVALUATE_RECEIVED = "evaluate-received"  # train config flag: evaluate the received model first
 VERSION_KEY = "fl-ext-version"
 SCHEMA_KEY = "schema-hash"
 CLIENT_INFO = "client-info"  # the ConfigRecord every reply carries

@@ -143,6 +143,13 @@ def check_config(cfg: DictConfig) -> None:
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
     _check_restart_keys(c)
+    _require(c, "evaluate_with_train", isinstance(c.evaluate_with_train, bool), "true or false")
+    _require(
+        c,
+        "evaluate_with_train",
+        not c.evaluate_with_train or c.local_test_fraction > 0,
+        "false when local_test_fraction is 0 (clients have nothing to evaluate on)",
+    )
     for group in (
         g for g in GROUPS if g not in ("attack", "privacy", "codec", "network")
     ):  # plain settings

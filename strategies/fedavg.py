@@ -32,7 +32,13 @@ from fl_ext.aggregators import (
     WeightedMean,
     capped_example_weights,
 )
-from fl_ext.compat import INCOMPATIBLE, SCHEMA_KEY, VERSION_KEY, schema_hash
+from fl_ext.compat import (
+    EVALUATE_RECEIVED,
+    INCOMPATIBLE,
+    SCHEMA_KEY,
+    VERSION_KEY,
+    schema_hash,
+)
 from fl_ext.params import ParamSpec
 from fl_ext.refusals import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
@@ -90,6 +96,10 @@ class FlExtFedAvg(FedAvg):
         dropouts, over-selection, deadline, partial aggregation and the fallback.
     compression : codecs for client updates (and optionally the broadcast); their specs travel
         in the train messages and every payload is checked before it is decoded.
+    evaluate_with_train : federated evaluation without its own exchange: every trained
+        client first evaluates the model it received and reports it with its update
+        (``fed_eval_received_*``: the model the round started from). On a deployment this
+        halves the exchanges per round; the separate evaluate round is then skipped.
     target_accuracy : centralized test accuracy whose first attainment is logged as
         ``time_to_target_s`` (wall seconds of rounds so far) and, with the virtual clock,
         ``sim_time_to_target_s``.
@@ -116,6 +126,7 @@ class FlExtFedAvg(FedAvg):
         selector: Selector | None = None,
         stragglers: RoundPolicy | None = None,
         target_accuracy: float | None = None,
+        evaluate_with_train: bool = False,
     ) -> None:
         _check_settings(
             fraction_train=fraction_train,
@@ -182,6 +193,7 @@ class FlExtFedAvg(FedAvg):
         self.bytes_up_cum = 0
         self._schema = ""
         self.target_accuracy = target_accuracy
+        self.evaluate_with_train = bool(evaluate_with_train)
         self.target_round: int | None = None  # first round at or above target_accuracy
         self.wall_time_s = 0.0  # sum of round times, across restarts
         self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
@@ -191,7 +203,8 @@ class FlExtFedAvg(FedAvg):
         """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
         privacy = self.privacy.train_entries() if self.privacy is not None else {}
         codec = self.compression.train_entries(server_round) if self.compression else {}
-        return {**self._compat_entries(server_round), **privacy, **codec}
+        evaluate = {EVALUATE_RECEIVED: True} if self.evaluate_with_train else {}
+        return {**self._compat_entries(server_round), **privacy, **codec, **evaluate}
 
     def _compat_entries(self, server_round: int) -> dict[str, Any]:
         """Round, server version and model schema: clients refuse what they cannot serve."""
@@ -394,6 +407,8 @@ class FlExtFedAvg(FedAvg):
             updates, accepted = self._inject_attack(updates, accepted)
 
         metrics = MetricRecord({"clients_valid": len(accepted)})
+        if self.evaluate_with_train:
+            metrics.update(self._received_evaluation(accepted))
         if isinstance(self.privacy, ClientLevelDP):
             delta = self.privacy.aggregate(
                 server_round, updates[: len(accepted)], self._num_available
@@ -423,6 +438,8 @@ class FlExtFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Select nodes for federated evaluation (none when ``fraction_evaluate`` is 0)."""
         self._set_global(arrays)
+        if self.evaluate_with_train:
+            return []  # the clients evaluated with their train replies
         busy = self.in_flight.busy()
         available = [n for n in grid.get_node_ids() if n not in busy and n not in self.incompatible]
         if self.evaluate_selector is None or len(available) < self.min_evaluate_nodes:
@@ -463,18 +480,35 @@ class FlExtFedAvg(FedAvg):
             accepted.append(parsed)
         if not accepted or len(accepted) < self.min_evaluate_nodes:
             return None
-        weights = capped_example_weights(
-            np.array([r.num_examples for r in accepted], dtype=np.float64), self.weight_cap_factor
-        )
-        weights = weights / weights.sum()
         return MetricRecord(
-            {
-                key: float(
-                    sum(w * float(r.metrics[key]) for w, r in zip(weights, accepted, strict=True))
-                )
-                for key in ("loss", "accuracy")
-            }
+            self._weighted(
+                [r.num_examples for r in accepted],
+                {key: [float(r.metrics[key]) for r in accepted] for key in ("loss", "accuracy")},
+            )
         )
+
+    def _received_evaluation(self, accepted: list[TrainReply]) -> dict[str, float]:
+        """Loss/accuracy the trained clients reported for the model they received.
+
+        Weighted by capped example counts (``evaluate_with_train``); empty below
+        ``min_evaluate_nodes`` reports.
+        """
+        rows = [r for r in accepted if "eval-num-examples" in r.metrics]
+        if len(rows) < self.min_evaluate_nodes:
+            return {}
+        return self._weighted(
+            [int(r.metrics["eval-num-examples"]) for r in rows],
+            {
+                f"fed_eval_received_{key}": [float(r.metrics[f"eval-{key}"]) for r in rows]
+                for key in ("loss", "accuracy")
+            },
+        )
+
+    def _weighted(self, counts: list[int], values: dict[str, list[float]]) -> dict[str, float]:
+        """Mean of each value list, weighted by the capped reported example counts."""
+        weights = capped_example_weights(np.array(counts, dtype=np.float64), self.weight_cap_factor)
+        weights = weights / weights.sum()
+        return {k: float(np.dot(weights, np.array(v))) for k, v in values.items()}
 
     # ------------------------------------------------------------------- loop
     def start(  # noqa: PLR0917  (Flower's positional signature plus the callback)

@@ -57,7 +57,13 @@ def _single_metrics(msg: Message) -> dict[str, Any] | Rejection:
 
 UPDATE_KEY = "update"
 # A loss or a compute time below zero is a lie (selection would trust it).
-TRAIN_BOUNDS = {"train_loss": (0.0, math.inf), "compute_time_s": (0.0, math.inf)}
+TRAIN_BOUNDS = {
+    "train_loss": (0.0, math.inf),
+    "compute_time_s": (0.0, math.inf),
+    "eval-loss": (0.0, math.inf),  # evaluation of the received model (evaluate_with_train)
+    "eval-accuracy": (0.0, 1.0),
+    "eval-num-examples": (1.0, math.inf),
+}
 
 
 def _record_and_metrics(

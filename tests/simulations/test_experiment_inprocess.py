@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import resolve_tracking_uri
 from simulations.client_app import app as client_app
-from simulations.config import compose_experiment
+from simulations.config import ConfigError, compose_experiment
 from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
 
@@ -140,3 +140,29 @@ def test_time_to_target_accuracy_is_logged_once_at_the_first_round_reaching_it()
     assert hit.value == pytest.approx(walls[first])
     sims = {m.step: m.value for m in client.get_metric_history(run_id, "sim_time_s")}
     assert sim_hit.value == pytest.approx(sims[first]) and sim_hit.value > 0
+
+
+def test_evaluation_with_train_replaces_the_evaluate_exchange():
+    built = build(compose_experiment([*OVERRIDES, "evaluate_with_train=true"]))
+    pushed = []
+
+    class CountingGrid(InProcessGrid):
+        def push_messages(self, messages):
+            messages = list(messages)
+            pushed.extend(m.metadata.message_type for m in messages)
+            return super().push_messages(messages)
+
+    run(CountingGrid(client_app, 4), built)
+    assert set(pushed) == {"train"} and len(pushed) == 3 * 4  # no evaluate exchange at all
+    client = MlflowClient(resolve_tracking_uri())
+    run_id = _only_run(client).info.run_id
+    received = {
+        m.step: m.value for m in client.get_metric_history(run_id, "fed_eval_received_accuracy")
+    }
+    assert sorted(received) == [1, 2, 3]
+    # round r's clients evaluated the model round r started from: the previous global model,
+    # whose centralized accuracy is history[r - 1]; local test splits are small, so loosely
+    assert received[1] < 0.3 and received[3] > received[1] + 0.4
+    assert abs(received[3] - built.history[2]) < 0.15
+    with pytest.raises(ConfigError, match="local_test_fraction is 0"):
+        compose_experiment([*OVERRIDES, "evaluate_with_train=true", "local_test_fraction=0"])

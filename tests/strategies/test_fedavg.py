@@ -62,6 +62,8 @@ def make_app(behaviour):
             del metrics["num-examples"]
         if kind == "nan_loss":
             metrics["train_loss"] = float("nan")
+        if kind == "bad_received_eval":
+            metrics.update({"eval-loss": 0.1, "eval-accuracy": 7.0, "eval-num-examples": 5})
         content = RecordDict({"arrays": named_array_record(new), "metrics": MetricRecord(metrics)})
         if kind != "no_info":
             content[CLIENT_INFO] = info(msg, kind)
@@ -134,6 +136,7 @@ HOSTILE = [
     "old_version",
     "garbled_version",
     "wrong_schema",
+    "bad_received_eval",
 ]
 
 
@@ -156,6 +159,7 @@ def test_all_hostile_kinds_at_once_and_a_crash():
     assert set(rlog.rejected) >= {"norm_too_large", "bad_example_count", "bad_metric", "malformed"}
     assert rlog.rejected["incompatible"] == 4
     assert set(strategy.incompatible) == {12, 13, 14, 15}
+    assert rlog.rejected["bad_metric"] == 2  # NaN loss, reported accuracy 7
     honest = [len(HOSTILE) + 2, len(HOSTILE) + 3]
     got = record_to_named(arrays)
     for k, v in expected_mean(honest).items():
