@@ -6,7 +6,8 @@ The same Hydra config runs, one after the other in this process's control:
 (a) ``flwr run`` on a simulation SuperLink (Ray, ``--federation-config num-supernodes``);
 (b) ``flwr run`` on a local deployment with TLS and SuperNode authentication;
 (c) the same deployment without TLS (``--insecure``), to isolate what TLS costs;
-(d) the in-process grid (no Flower runtime at all), the floor.
+(d) the TLS deployment with ``evaluate_with_train=true`` (one exchange per round);
+(e) the in-process grid (no Flower runtime at all), the floor.
 Round times come from the MLflow metrics each run records (``round_time_s``, median over the
 rounds after the first). Beside them, the pieces a deployment adds per message: starting a
 ClientApp process (the SuperNode starts ``flwr-clientapp`` for every message; measured as
@@ -140,16 +141,17 @@ def main() -> None:
     results["simulation (flwr run, Ray)"] = _round_stats(db, "sim")
 
     material = generate_material(root / "material", hosts=["127.0.0.1"], num_nodes=args.nodes)
-    for label, tls, name in (
-        ("deployment, TLS + node auth", True, "tls"),
-        ("deployment, insecure", False, "plain"),
+    for label, tls, name, extra in (
+        ("deployment, TLS + node auth", True, "tls", []),
+        ("deployment, insecure", False, "plain", []),
+        ("deployment, TLS, evaluate_with_train", True, "tls-evtrain", ["evaluate_with_train=true"]),
     ):
         with LocalDeployment(
             root / f"{name}-home", material, num_nodes=args.nodes, tls=tls, extra_env=env
         ) as dep:
             outcome = run_app(
                 dep,
-                [*base, f"tracking.experiment={name}"],
+                [*base, *extra, f"tracking.experiment={name}"],
                 connection=CONNECTION,
                 num_supernodes=None,
             )
@@ -186,7 +188,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for label, r in results.items():
-        if "clientapp" in r:
+        if "clientapp" in r and "train_reply_s_median" in r:
             rest = r["train_reply_s_median"] - r["pickup"] - r["clientapp"] - r["upload"]
             print(
                 f"| {label} | {r['train_reply_s_median']:.2f} | {r['pickup']:.2f} | {r['clientapp']:.2f} | "
