@@ -111,7 +111,7 @@ def exchange(
                 updates += not reply.has_error()
         if not messages or not pending or now >= timeout:
             break
-        if enough is not None and updates >= enough:
+        if enough is not None and 0 < enough <= updates:
             break
         wait = poll_s if got else min(wait * 2, max_poll_s)
         time.sleep(min(wait, max(timeout - now, 0.0)))

@@ -307,6 +307,7 @@ class FlExtFedAvg(FedAvg):
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
             selected = eligible  # Poisson sampling is the selection
+            self._needed = len(selected)  # no over-selection: every sampled node is waited for
         elif len(eligible) < self.min_train_nodes:
             self.round_log.skipped = (
                 f"{len(eligible)} nodes connected and eligible, min_train_nodes is "

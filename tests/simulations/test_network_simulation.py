@@ -104,3 +104,20 @@ def test_measured_network_runs_the_same_rules_on_wall_times():
     assert all(c == 3 for c in metrics["clients_completed"])
     assert max(metrics["round_time_s"]) < 2.5  # never waited for the 2.5 s node
     assert built.history[3] > 0.5
+
+
+def test_client_level_dp_waits_for_every_sampled_node_on_a_measured_clock():
+    """Poisson sampling is the selection: no over-selection, no early stop."""
+    dp = [
+        "privacy=client_level",
+        "privacy.noise_multiplier=0.5",
+        "privacy.sample_rate=1.0",
+        "privacy.target_epsilon=null",
+    ]
+    built = build(compose_experiment([*BASE, "num_rounds=2", "network=measured", *dp]))
+    run(InProcessGrid(client_app, 5, reply_delay_s=lambda n: 0.3 if n == 5 else 0.0), built)
+    client = MlflowClient(resolve_tracking_uri())
+    exp = client.get_experiment_by_name("fl-ext")
+    (found,) = client.search_runs([exp.experiment_id], max_results=1)
+    completed = [m.value for m in client.get_metric_history(found.info.run_id, "clients_completed")]
+    assert completed == [5.0, 5.0] and found.data.metrics["round_skipped"] == 0
