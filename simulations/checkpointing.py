@@ -129,6 +129,10 @@ class RoundSaver:
     best_arrays: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     last: Checkpoint | None = None
     signatures: dict[int, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(init=False)  # resolved once: it is the same every round
+
+    def __post_init__(self) -> None:
+        self.config = self.built.experiment.resolved()
 
     def __call__(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
         named = record_to_named(arrays)
@@ -147,7 +151,7 @@ class RoundSaver:
             "history": {str(k): v for k, v in self.built.history.items()},
             "best": {"round": self.best_round, "accuracy": self.best_accuracy},
             "mlflow_run_id": self.run_id,
-            "config": self.built.experiment.resolved(),
+            "config": self.config,
             "privacy_ledger": privacy.ledger.to_json() if privacy is not None else None,
         }
         self.last = self.store.save(
@@ -158,14 +162,15 @@ class RoundSaver:
 
     def restore(self, restored: Restored) -> None:
         """Continue the best-model bookkeeping of a resumed run."""
-        best = restored.checkpoint.state.get("best", {})
-        self.best_round = int(best.get("round", -1))
-        self.best_accuracy = float(best.get("accuracy", -np.inf))
+        recorded = restored.checkpoint.state.get("best", {})
+        self.best_round = int(recorded.get("round", -1))
+        self.best_accuracy = float(recorded.get("accuracy", -np.inf))
         if self.best_round == restored.checkpoint.server_round:
             self.best_arrays = restored.checkpoint.arrays
         elif self.best_round >= 0 and self.best_round in restored.store.rounds():
-            self.best_arrays = restored.store.load(self.best_round).arrays
-            self.signatures[self.best_round] = restored.store.load(self.best_round).signature
+            best = restored.store.load(self.best_round)  # verified once, both fields from it
+            self.best_arrays = best.arrays
+            self.signatures[self.best_round] = best.signature
         self.signatures[restored.checkpoint.server_round] = restored.checkpoint.signature
         self.last = restored.checkpoint
 

@@ -1,7 +1,8 @@
 """Push messages, pull replies as they arrive, and note when each one arrived.
 
-Flower's ``Grid.send_and_receive`` sleeps 3 s between pulls on a SuperLink (simulation and
-deployment alike), so every exchange costs a multiple of 3 s. This loop polls every
+On a deployment the ServerApp's grid (Flower's ``HttpGrid``) sleeps 3 s between pulls in
+``send_and_receive``, so every exchange costs a multiple of 3 s (the simulation engine's
+in-memory grid polls every 0.1 s). This loop polls every
 ``poll_s`` (backing off to ``max_poll_s`` while nothing comes) and records each reply's wall
 time since the push: on a deployment that is the node's measured round time (download,
 compute, upload, the SuperNode's process start), which the registry and the metrics use.

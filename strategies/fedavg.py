@@ -438,7 +438,8 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Select nodes for federated evaluation (none when ``fraction_evaluate`` is 0)."""
-        self._set_global(arrays)
+        if not self._schema:  # called before any train round: the schema the replies must match
+            self._schema = schema_hash(record_to_named(arrays))
         if self.evaluate_with_train:
             return []  # the clients evaluated with their train replies
         busy = self.in_flight.busy()

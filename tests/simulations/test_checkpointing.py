@@ -34,6 +34,13 @@ class CrashAtRound(InProcessGrid):
         return super().push_messages(messages)
 
 
+def _store(tmp_path):
+    """The run's checkpoints under tmp_path/ck, read with the default signing key."""
+    return CheckpointStore(
+        tmp_path / "ck", signing_key=load_or_create_signing_key(signing_key_path({}))
+    )
+
+
 def _runs(client, experiment="fl-ext"):
     exp = client.get_experiment_by_name(experiment)
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
@@ -56,9 +63,7 @@ def test_kill_and_resume_repeats_and_loses_no_round(tmp_path):
     run(InProcessGrid(client_app, 4), straight)
 
     overrides = _crash_after_round_two(tmp_path)
-    store = CheckpointStore(
-        tmp_path / "ck", signing_key=load_or_create_signing_key(signing_key_path({}))
-    )
+    store = _store(tmp_path)
     assert store.rounds() == [1, 2]
 
     resumed = build(compose_experiment([*overrides, f"resume={tmp_path / 'ck'}"]))
@@ -191,9 +196,7 @@ def test_final_and_best_models_are_registered_with_checkpoint_signatures(tmp_pat
     name = "fl-ext-digits-mlp"
     final = client.get_model_version_by_alias(name, "final")
     best = client.get_model_version_by_alias(name, "best")
-    store = CheckpointStore(
-        tmp_path / "ck", signing_key=load_or_create_signing_key(signing_key_path({}))
-    )
+    store = _store(tmp_path)
     assert final.tags["checkpoint_signature"] == store.load(3).signature
     assert final.tags["stage"] == "final" and final.tags["round"] == "3"
     best_round = max(built.history, key=built.history.get)
@@ -236,9 +239,7 @@ def test_when_an_earlier_round_was_best_it_is_registered_as_its_own_version(tmp_
     assert final.version != best.version
     assert best.tags["stage"] == "best" and best.tags["round"] == "2"
     assert best.tags["best_test_accuracy"] == "0.9000"
-    store = CheckpointStore(
-        tmp_path / "ck", signing_key=load_or_create_signing_key(signing_key_path({}))
-    )
+    store = _store(tmp_path)
     assert best.tags["checkpoint_signature"] == store.load(2).signature
     net = mlflow.pytorch.load_model(client.get_model_version_download_uri(name, best.version))
     expected = store.load(2).arrays
