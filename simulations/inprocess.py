@@ -11,10 +11,12 @@ receives), and a client exception becomes an error reply, as Flower's runtime do
 
 from __future__ import annotations
 
-import itertools
+import logging
+import random
 import time
 import traceback
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,15 +26,40 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from strategies.wire import wire_copy
 
+log = logging.getLogger("fl_ext")
 CLIENT_EXCEPTION_CODE = 1  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 SERVER_NODE_ID = 0
 
 
-class InProcessGrid(Grid):
-    """``num_nodes`` virtual SuperNodes with ids 1..n and partition ids 0..n-1.
+def flower_like_node_ids(num_nodes: int, seed: int = 0) -> list[int]:
+    """``num_nodes`` distinct random unsigned 64-bit ids, as Flower's SuperLink hands out.
 
-    ``reply_delay_s(node)``: wall seconds before that node's reply can be pulled (it is computed
-    at once), to test deadlines on measured times.
+    The first id is drawn from the upper half (>= 2**63) and the second from the lower half,
+    so every grid of two or more nodes has ids that straddle 2**63: the case that breaks
+    code turning ids into a numpy array (float64 rounding) or a signed int64.
+    """
+    rng = random.Random(seed)
+    ids: list[int] = []
+    while len(ids) < num_nodes:
+        value = rng.getrandbits(64)
+        if len(ids) == 0:
+            value |= 1 << 63
+        elif len(ids) == 1:
+            value &= (1 << 63) - 1
+        if value != SERVER_NODE_ID and value not in ids:
+            ids.append(value)
+    return ids
+
+
+class InProcessGrid(Grid):
+    """``num_nodes`` virtual SuperNodes with Flower-like random 64-bit ids, partitions 0..n-1.
+
+    ``node_ids``: explicit ids instead (unit tests that compute with small ids);
+    ``id_seed`` seeds the random ids. As Flower's in-memory grid does, a message to a node
+    that does not exist (or for which ``refuse_push(partition_id)`` is true) is refused: it is
+    left out of the ids ``push_messages`` returns. ``reply_delay_s(partition_id)``: wall
+    seconds before that node's reply can be pulled (it is computed at once), to test
+    deadlines on measured times.
     """
 
     def __init__(
@@ -43,9 +70,15 @@ class InProcessGrid(Grid):
         run_id: int = 1,
         node_config: Callable[[int], dict[str, int | str | float | bool]] | None = None,
         reply_delay_s: Callable[[int], float] | None = None,
+        node_ids: Sequence[int] | None = None,
+        id_seed: int = 0,
+        refuse_push: Callable[[int], bool] | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        ids = list(node_ids) if node_ids is not None else flower_like_node_ids(num_nodes, id_seed)
+        if len(ids) != num_nodes or len(set(ids)) != num_nodes or SERVER_NODE_ID in ids:
+            raise ValueError(f"node_ids must be {num_nodes} distinct non-zero ids, got {ids}")
         self.client_app = client_app
         self._run = Run.create_empty(run_id)
         TaskIdentity.run_id = run_id
@@ -55,18 +88,23 @@ class InProcessGrid(Grid):
             lambda pid: {"partition-id": pid, "num-partitions": num_nodes}
         )
         self.contexts = {
-            pid + 1: Context(
+            node: Context(
                 run_id=run_id,
-                node_id=pid + 1,
+                node_id=node,
                 node_config=make_config(pid),
                 state=RecordDict(),
                 run_config={},
             )
-            for pid in range(num_nodes)
+            for pid, node in enumerate(ids)
         }
-        self._ids = itertools.count(1)
+        self.partition = {node: pid for pid, node in enumerate(ids)}
+        self.refuse_push = refuse_push
         self._replies: dict[str, tuple[float, Message]] = {}  # id -> (ready at, reply)
         self.reply_delay_s = reply_delay_s  # wall seconds before a node's reply can be pulled
+
+    def node_id(self, partition_id: int) -> int:
+        """The node that holds ``partition_id``."""
+        return list(self.contexts)[partition_id]
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -91,9 +129,14 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
-            message_id = f"m{next(self._ids)}"
+            message_id = str(uuid.uuid4())
             msg.metadata.__dict__["_message_id"] = message_id
-            delay = self.reply_delay_s(msg.metadata.dst_node_id) if self.reply_delay_s else 0.0
+            dst = msg.metadata.dst_node_id
+            pid = self.partition.get(dst)
+            if pid is None or (self.refuse_push is not None and self.refuse_push(pid)):
+                log.error("Invalid destination node ID for Message: %s", dst)  # as Flower logs
+                continue
+            delay = self.reply_delay_s(pid) if self.reply_delay_s else 0.0
             self._replies[message_id] = (time.monotonic() + delay, self._deliver(msg))
             ids.append(message_id)
         return ids

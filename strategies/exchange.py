@@ -66,6 +66,32 @@ class Exchanged:
         }
 
 
+def _push(grid: Grid, messages: list[Message]) -> tuple[dict[str, int], dict[str, int]]:
+    """Push; return ``{message id: destination}`` of the accepted messages and their push order.
+
+    A refused message is marked differently by each grid: Flower's ``HttpGrid`` (deployment)
+    returns None in its place, its in-memory grid (``flwr run`` simulation) leaves it out
+    (a shorter list). The grid writes each message's id into its metadata before pushing, so
+    accepted messages are found by id, never by position.
+    """
+    if not messages:
+        return {}, {}
+    accepted = {mid for mid in grid.push_messages(messages) if mid}
+    pending: dict[str, int] = {}
+    order: dict[str, int] = {}
+    for i, msg in enumerate(messages):
+        mid = msg.metadata.message_id
+        if mid in accepted and mid not in pending:
+            pending[mid] = int(msg.metadata.dst_node_id)
+            order[mid] = i
+    if len(pending) < len(accepted):  # a grid that returns ids but not the messages' own
+        raise RuntimeError(
+            f"the grid accepted {len(accepted)} messages but only {len(pending)} carry the id "
+            "it returned in their metadata"
+        )
+    return pending, order
+
+
 def exchange(
     grid: Grid,
     messages: Iterable[Message],
@@ -89,12 +115,7 @@ def exchange(
     if not messages and not stale:
         return out
     start = time.monotonic()
-    pushed = list(grid.push_messages(messages)) if messages else []
-    # Flower returns None for a message it refused; dicts keep the push order
-    order = {mid: i for i, mid in enumerate(pushed) if mid}
-    pending = {
-        mid: msg.metadata.dst_node_id for mid, msg in zip(pushed, messages, strict=True) if mid
-    }
+    pending, order = _push(grid, messages)
     out.not_pushed = len(messages) - len(pending)
     wait = poll_s
     updates = 0  # replies with content: what ``enough`` counts (an error reply is no update)

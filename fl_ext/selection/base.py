@@ -7,8 +7,27 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fl_ext.rng_state import restore_rng, rng_state
 from fl_ext.selection.registry import ClientRegistry
+
+
+def draw(
+    rng: np.random.Generator,
+    nodes: Sequence[int],
+    k: int,
+    *,
+    p: np.ndarray | None = None,
+) -> list[int]:
+    """``k`` distinct entries of ``nodes`` (probabilities ``p``), chosen by index.
+
+    Flower node ids are random unsigned 64-bit integers: ``rng.choice(node_ids)`` would turn a
+    list whose ids straddle 2**63 into float64 and round them to ids no node has. Drawing
+    positions keeps every id exact (and draws the same positions as ``rng.choice(nodes)``).
+    """
+    positions = rng.choice(len(nodes), size=k, replace=False, p=p)
+    return [int(nodes[i]) for i in positions]
 
 
 class Selector(ABC):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fl_ext.selection.base import Selector
+from fl_ext.selection.base import Selector, draw
 from fl_ext.selection.registry import ClientRegistry
 
 
@@ -93,9 +93,7 @@ class OortSelector(Selector):
         util = self.utilities(pool, registry, server_round)
         unexplored = [n for n in pool if n not in util]
         n_explore = min(len(unexplored), max(math.ceil(self.explore * k), k - len(util)))
-        picked = (
-            list(self._rng.choice(unexplored, size=n_explore, replace=False)) if n_explore else []
-        )
+        picked = draw(self._rng, unexplored, n_explore) if n_explore else []
         n_exploit = k - len(picked)
         if n_exploit > 0:
             ranked = sorted(util, key=lambda n: (-util[n], n))
@@ -104,9 +102,8 @@ class OortSelector(Selector):
             weights = np.array([util[n] for n in candidates], dtype=np.float64)
             weights += 1e-12 * max(float(weights.max()), 1.0)  # zero utility stays possible
             probs = weights / weights.sum()
-            chosen = self._rng.choice(candidates, size=n_exploit, replace=False, p=probs)
-            picked += list(chosen)
-        return [int(n) for n in picked]
+            picked += draw(self._rng, candidates, n_exploit, p=probs)
+        return picked
 
 
 class PowerOfChoiceSelector(Selector):
@@ -132,7 +129,7 @@ class PowerOfChoiceSelector(Selector):
             [float(((r := registry.get(n)) and r.num_examples) or 1.0) for n in pool],
             dtype=np.float64,
         )
-        candidates = self._rng.choice(pool, size=d, replace=False, p=sizes / sizes.sum())
+        candidates = draw(self._rng, pool, d, p=sizes / sizes.sum())
 
         def loss(n: int) -> float:
             r = registry.get(n)
@@ -140,5 +137,5 @@ class PowerOfChoiceSelector(Selector):
                 return math.inf
             return r.utility / r.num_examples
 
-        ranked = sorted((int(n) for n in candidates), key=lambda n: (-loss(n), n))
+        ranked = sorted(candidates, key=lambda n: (-loss(n), n))
         return ranked[:k]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fl_ext.selection.base import Selector
+from fl_ext.selection.base import Selector, draw
 from fl_ext.selection.registry import ClientRegistry
 
 
@@ -49,4 +49,4 @@ class WeightedSelector(Selector):
         self, pool: list[int], k: int, registry: ClientRegistry, server_round: int
     ) -> Sequence[int]:
         w = self.weights(pool, registry)
-        return [int(n) for n in self._rng.choice(pool, size=k, replace=False, p=w / w.sum())]
+        return draw(self._rng, pool, k, p=w / w.sum())

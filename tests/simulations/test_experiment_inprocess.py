@@ -166,3 +166,15 @@ def test_evaluation_with_train_replaces_the_evaluate_exchange():
     assert abs(received[3] - built.history[2]) < 0.15
     with pytest.raises(ConfigError, match="local_test_fraction is 0"):
         compose_experiment([*OVERRIDES, "evaluate_with_train=true", "local_test_fraction=0"])
+
+
+def test_a_refused_push_costs_that_node_only_and_ids_are_flower_like():
+    """The grid refuses messages to one node (as Flower does for an unknown node id)."""
+    grid = InProcessGrid(client_app, 4, refuse_push=lambda pid: pid == 3)
+    assert max(grid.get_node_ids()) >= 2**63 > min(grid.get_node_ids())
+    built = build(compose_experiment([*OVERRIDES, "num_rounds=2", "tracking=none"]))
+    result = run(grid, built)
+    assert [result.train_metrics_clientapp[r]["clients_valid"] for r in (1, 2)] == [3, 3]
+    refused = grid.node_id(3)
+    assert built.strategy.registry.get(refused).succeeded == 0
+    assert built.history[2] > built.history[0] + 0.3

@@ -56,6 +56,27 @@ def test_flwr_run_trains_tracks_registers_and_matches_the_inprocess_driver(link,
         assert abs(built.history[rnd] - acc) <= one_example + 1e-9, (rnd, built.history, curve)
 
 
+@pytest.mark.parametrize(
+    "selection",
+    ["selection=oort network=mixed", "selection=power_of_choice", "selection=weighted"],
+)
+def test_every_selector_runs_through_a_real_flwr_run(link, selection):
+    """Real SuperLink node ids are random uint64: a selector must hand them back exact."""
+    overrides = [
+        "dataset=digits",
+        "model=mlp",
+        "num_rounds=2",
+        "fraction_train=0.5",
+        "fraction_evaluate=0",
+        "tracking=none",
+        *selection.split(),
+    ]
+    outcome = run_app(link, overrides, num_supernodes=6)
+    assert outcome.ok, outcome.output[-3000:]
+    assert "Invalid destination node ID" not in outcome.output
+    assert "[ROUND 2/2]" in outcome.output and "SKIPPED" not in outcome.output
+
+
 def test_flwr_run_with_a_bad_config_fails_with_the_reason(link):
     outcome = run_app(link, ["dataset=digits", "lr=-1"], num_supernodes=2)
     assert outcome.status == "finished:failed"

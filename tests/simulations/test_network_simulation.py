@@ -87,8 +87,8 @@ def test_measured_network_runs_the_same_rules_on_wall_times():
             [*BASE, "num_rounds=3", "network=measured", "fraction_train=0.5", "round_timeout=20"]
         )
     )
-    slow = 1
-    run(InProcessGrid(client_app, 6, reply_delay_s=lambda n: 2.5 if n == slow else 0.0), built)
+    slow = 0  # partition id
+    run(InProcessGrid(client_app, 6, reply_delay_s=lambda pid: 2.5 if pid == slow else 0.0), built)
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name("fl-ext")
     (found,) = client.search_runs([exp.experiment_id], max_results=1)
@@ -115,7 +115,7 @@ def test_client_level_dp_waits_for_every_sampled_node_on_a_measured_clock():
         "privacy.target_epsilon=null",
     ]
     built = build(compose_experiment([*BASE, "num_rounds=2", "network=measured", *dp]))
-    run(InProcessGrid(client_app, 5, reply_delay_s=lambda n: 0.3 if n == 5 else 0.0), built)
+    run(InProcessGrid(client_app, 5, reply_delay_s=lambda pid: 0.3 if pid == 4 else 0.0), built)
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name("fl-ext")
     (found,) = client.search_runs([exp.experiment_id], max_results=1)

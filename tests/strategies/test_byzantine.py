@@ -9,7 +9,7 @@ from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.records import named_array_record, record_to_named
 
-from .test_fedavg import GLOBAL, make_app
+from .test_fedavg import GLOBAL, make_app, small_ids
 
 
 def test_designation_is_deterministic_and_fixed():
@@ -22,7 +22,7 @@ def test_designation_is_deterministic_and_fixed():
 
 
 def test_client_role_goes_only_to_byzantine_nodes():
-    grid = InProcessGrid(make_app({}), 6)
+    grid = InProcessGrid(make_app({}), 6, node_ids=small_ids(6))
     byz = ByzantineSimulation(num_byzantine=2, client_role="label_flip", seed=1)
     strategy = FlExtFedAvg(byzantine=byz)
     messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
@@ -32,7 +32,7 @@ def test_client_role_goes_only_to_byzantine_nodes():
 
 
 def test_crafted_updates_replace_byzantine_rows_and_are_checked():
-    grid = InProcessGrid(make_app({}), 7)
+    grid = InProcessGrid(make_app({}), 7, node_ids=small_ids(7))
     byz = ByzantineSimulation(num_byzantine=2, omniscient=SignFlip(), seed=3)
     strategy = FlExtFedAvg(byzantine=byz, aggregation=CoordinateMedian(f=2), max_update_norm=None)
     messages = strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid)
@@ -45,7 +45,7 @@ def test_crafted_updates_replace_byzantine_rows_and_are_checked():
 
 
 def test_crafted_update_over_the_norm_bound_is_rejected():
-    grid = InProcessGrid(make_app({}), 5)
+    grid = InProcessGrid(make_app({}), 5, node_ids=small_ids(5))
     byz = ByzantineSimulation(num_byzantine=1, omniscient=SignFlip(), seed=0)
     strategy = FlExtFedAvg(byzantine=byz, max_update_norm=1.0)  # honest deltas have norm 4n
     messages = strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid)

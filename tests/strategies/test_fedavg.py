@@ -17,6 +17,11 @@ from strategies.wire import record_wire_bytes
 GLOBAL = OrderedDict(w=np.zeros((3, 4), np.float32), b=np.zeros(4, np.float32))
 
 
+def small_ids(n):
+    """Node ids 1..n: these tests compute expected values from the node id."""
+    return range(1, n + 1)
+
+
 def honest_delta(node_id):
     return OrderedDict((k, np.full_like(v, float(node_id))) for k, v in GLOBAL.items())
 
@@ -84,7 +89,7 @@ def make_app(behaviour):
 
 
 def run_round(behaviour, num_nodes=6, **kwargs):
-    grid = InProcessGrid(make_app(behaviour), num_nodes)
+    grid = InProcessGrid(make_app(behaviour), num_nodes, node_ids=small_ids(num_nodes))
     strategy = FlExtFedAvg(
         max_examples_per_client=1000, max_update_norm=100.0, weight_cap_factor=10.0, **kwargs
     )
@@ -176,7 +181,7 @@ def test_too_few_valid_replies_skip_the_round():
 
 
 def test_start_loop_tracks_every_round_and_skips_without_changing_the_model():
-    grid = InProcessGrid(make_app({1: "nan", 2: "nan"}), 3)
+    grid = InProcessGrid(make_app({1: "nan", 2: "nan"}), 3, node_ids=small_ids(3))
     strategy = FlExtFedAvg(
         min_train_nodes=2, min_available_nodes=2, fraction_evaluate=1.0, max_update_norm=None
     )
@@ -198,7 +203,7 @@ def test_start_loop_tracks_every_round_and_skips_without_changing_the_model():
 
 
 def test_bad_evaluate_reply_is_rejected():
-    grid = InProcessGrid(make_app({2: "bad_eval"}), 3)
+    grid = InProcessGrid(make_app({2: "bad_eval"}), 3, node_ids=small_ids(3))
     strategy = FlExtFedAvg(fraction_evaluate=1.0)
     strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid)
     msgs = strategy.configure_evaluate(1, named_array_record(GLOBAL), ConfigRecord(), grid)
@@ -208,7 +213,7 @@ def test_bad_evaluate_reply_is_rejected():
 
 
 def test_federated_evaluation_off():
-    grid = InProcessGrid(make_app({}), 3)
+    grid = InProcessGrid(make_app({}), 3, node_ids=small_ids(3))
     strategy = FlExtFedAvg(fraction_evaluate=0.0)
     strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid)
     msgs = strategy.configure_evaluate(1, named_array_record(GLOBAL), ConfigRecord(), grid)
@@ -218,7 +223,7 @@ def test_federated_evaluation_off():
 
 def test_selection_is_seeded():
     def picks(seed):
-        grid = InProcessGrid(make_app({}), 20)
+        grid = InProcessGrid(make_app({}), 20, node_ids=small_ids(20))
         strategy = FlExtFedAvg(fraction_train=0.25, seed=seed)
         return [
             sorted(
@@ -235,7 +240,7 @@ def test_selection_is_seeded():
 
 
 def test_fedprox_sends_mu_and_fedavg_does_not():
-    grid = InProcessGrid(make_app({}), 2)
+    grid = InProcessGrid(make_app({}), 2, node_ids=small_ids(2))
     prox = list(
         FlExtFedProx(proximal_mu=0.3).configure_train(
             1, named_array_record(GLOBAL), ConfigRecord(), grid
@@ -269,7 +274,7 @@ def test_bad_parameters_fail_at_construction(kwargs):
 def test_robust_rule_ignores_a_huge_update_that_the_mean_would_follow():
     from fl_ext.aggregators import CoordinateMedian
 
-    grid = InProcessGrid(make_app({1: "huge_norm"}), 5)
+    grid = InProcessGrid(make_app({1: "huge_norm"}), 5, node_ids=small_ids(5))
     strategy = FlExtFedAvg(aggregation=CoordinateMedian(f=1), max_update_norm=None)
     messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
     arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
@@ -291,7 +296,7 @@ def test_round_skipped_when_the_rule_needs_more_valid_updates():
 def test_centered_clipping_center_is_the_previous_aggregate():
     from fl_ext.aggregators import CenteredClipping
 
-    grid = InProcessGrid(make_app({}), 3)
+    grid = InProcessGrid(make_app({}), 3, node_ids=small_ids(3))
     strategy = FlExtFedAvg(aggregation=CenteredClipping(tau=100.0, iterations=1))
     for rnd in (1, 2):
         messages = strategy.configure_train(rnd, named_array_record(GLOBAL), ConfigRecord(), grid)
@@ -302,7 +307,7 @@ def test_centered_clipping_center_is_the_previous_aggregate():
 
 
 def test_an_incompatible_node_is_not_selected_again():
-    grid = InProcessGrid(make_app({3: "old_version"}), 6)
+    grid = InProcessGrid(make_app({3: "old_version"}), 6, node_ids=small_ids(6))
     strategy = FlExtFedAvg(max_update_norm=100.0)
     messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
     arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))

@@ -12,7 +12,7 @@ from strategies.exchange import exchange
 from strategies.records import named_array_record, record_to_named
 from strategies.stragglers import MeasuredStragglers
 
-from .test_fedavg import GLOBAL, expected_mean, make_app
+from .test_fedavg import GLOBAL, expected_mean, make_app, small_ids
 
 
 def _start(grid, policy, rounds, fraction=4 / 6, timeout=10.0):
@@ -37,7 +37,12 @@ def _start(grid, policy, rounds, fraction=4 / 6, timeout=10.0):
 
 def test_the_round_closes_at_the_kth_reply_and_the_slow_node_stays_busy_until_drained():
     slow = 6
-    grid = InProcessGrid(make_app({}), 6, reply_delay_s=lambda n: 1.5 if n == slow else 0.0)
+    grid = InProcessGrid(
+        make_app({}),
+        6,
+        node_ids=small_ids(6),
+        reply_delay_s=lambda pid: 1.5 if pid + 1 == slow else 0.0,
+    )
     policy = MeasuredStragglers(over_selection=1.5, deadline_percentile=None)
     strategy, result, seen, _ = _start(grid, policy, rounds=1)
     m = seen[1]
@@ -61,7 +66,12 @@ def test_the_round_closes_at_the_kth_reply_and_the_slow_node_stays_busy_until_dr
 
 
 def test_too_few_replies_by_the_deadline_keep_the_model_and_log_the_fallback():
-    grid = InProcessGrid(make_app({}), 6, reply_delay_s=lambda n: 1.0 if n > 2 else 0.0)
+    grid = InProcessGrid(
+        make_app({}),
+        6,
+        node_ids=small_ids(6),
+        reply_delay_s=lambda pid: 1.0 if pid + 1 > 2 else 0.0,
+    )
     policy = MeasuredStragglers(over_selection=1.5, deadline_s=0.2)
     _, result, seen, elapsed = _start(grid, policy, rounds=1)
     m = seen[1]
@@ -74,7 +84,12 @@ def test_too_few_replies_by_the_deadline_keep_the_model_and_log_the_fallback():
 def test_partial_aggregation_when_enough_of_the_needed_arrive_by_the_deadline():
     # 6 nodes, 5 needed (fraction 5/6), over-selection 1.0: node 6 misses the 0.3 s deadline;
     # 4 of 5 = 80 % arrived -> aggregate those 4 (partial), 1 failure < 50 %
-    grid = InProcessGrid(make_app({}), 6, reply_delay_s=lambda n: 2.0 if n in (5, 6) else 0.0)
+    grid = InProcessGrid(
+        make_app({}),
+        6,
+        node_ids=small_ids(6),
+        reply_delay_s=lambda pid: 2.0 if pid + 1 in (5, 6) else 0.0,
+    )
     policy = MeasuredStragglers(over_selection=1.0, deadline_s=0.3, partial_fraction=0.8)
     _, result, seen, _ = _start(grid, policy, rounds=1, fraction=5 / 6)
     m = seen[1]
@@ -86,7 +101,12 @@ def test_partial_aggregation_when_enough_of_the_needed_arrive_by_the_deadline():
 
 
 def test_an_error_reply_takes_no_place_among_the_needed_updates():
-    grid = InProcessGrid(make_app({1: "raise"}), 6, reply_delay_s=lambda n: 1.5 if n == 6 else 0.0)
+    grid = InProcessGrid(
+        make_app({1: "raise"}),
+        6,
+        node_ids=small_ids(6),
+        reply_delay_s=lambda pid: 1.5 if pid + 1 == 6 else 0.0,
+    )
     policy = MeasuredStragglers(over_selection=1.5, deadline_percentile=None)
     strategy, result, seen, _ = _start(grid, policy, rounds=1)
     m = seen[1]

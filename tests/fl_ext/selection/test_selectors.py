@@ -116,3 +116,23 @@ def test_weighted_selector_avoids_unreliable_nodes_and_favours_high_loss():
         "unreliable": sum(counts[n] for n in range(130, 140)) / 10,
     }
     assert per["high_loss"] > per["normal"] > 3 * per["unreliable"]
+
+
+@pytest.mark.parametrize(
+    "cls", [UniformSelector, OortSelector, PowerOfChoiceSelector, WeightedSelector]
+)
+def test_flower_node_ids_straddling_2_63_come_back_exact(cls):
+    """Flower ids are random uint64; choosing from a list of them must not round them."""
+    from simulations.inprocess import flower_like_node_ids
+
+    nodes = flower_like_node_ids(40, seed=1)
+    assert max(nodes) >= 2**63 > min(nodes)
+    reg = ClientRegistry()
+    for n in nodes[::2]:  # half explored (utility known), half never seen
+        reg.on_selected([n])
+        reg.on_result(n, 1, loss=float(n % 5) + 0.5, num_examples=10 + n % 90, duration_s=1.0)
+    sel = cls(fraction=0.5, minimum=2, seed=0)
+    for server_round in (2, 3):
+        picked = sel.select(nodes, registry=reg, server_round=server_round)
+        assert len(picked) == 20 and set(picked) <= set(nodes)
+        assert all(type(n) is int for n in picked)
