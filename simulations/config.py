@@ -17,6 +17,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simulations import override_check
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = (
     "strategy",
@@ -61,11 +63,23 @@ def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DI
     """Compose ``conf/config.yaml`` with ``overrides``; raise :class:`ConfigError` if invalid."""
     if isinstance(overrides, str):
         overrides = parse_overrides(overrides)
+    overrides = list(overrides)
     try:
+        parsed = override_check.parse(overrides)
+        added = [
+            o for o in override_check.additions(parsed)
+            if not override_check.is_group(conf_dir, o.key_or_group)
+        ]  # fmt: skip
         with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
-            full = compose(
-                config_name="config", overrides=list(overrides), return_hydra_config=True
-            )
+            if added:
+                base = compose(
+                    config_name="config",
+                    overrides=[o.input_line for o in parsed if o not in added],
+                )
+                refused = override_check.check_additions(parsed, base, conf_dir)
+                if refused is not None:
+                    raise ConfigError(refused)
+            full = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         choices = {g: str(full.hydra.runtime.choices[g]) for g in GROUPS}
         preagg = list((full.get("preagg") or {}).keys())  # list groups are not in choices
         choices["preagg"] = "+".join(preagg) if preagg else "none"
@@ -75,6 +89,12 @@ def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DI
         cfg = OmegaConf.create(with_hydra)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
+        unknown = re.search(r"Could not override '([\w.-]+)'", str(err))
+        if unknown and "To append to your config" in str(err):
+            key = unknown.group(1)
+            raise ConfigError(
+                f"unknown key {key!r}{override_check.suggestion(key, conf_dir)}"
+            ) from err
         raise ConfigError(
             f"invalid overrides {list(overrides)}: {err}{_options_hint(str(err), conf_dir)}"
         ) from err

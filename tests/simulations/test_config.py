@@ -1,7 +1,9 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from simulations.config import ConfigError, compose_experiment, parse_overrides
+from simulations import override_check
+from simulations.config import CONF_DIR, ConfigError, compose_experiment, parse_overrides
 from simulations.experiment import build, check_aggregation, check_partitions
 
 
@@ -140,8 +142,35 @@ def test_unknown_option_lists_the_available_ones():
 
 
 def test_unknown_key():
-    with pytest.raises(ConfigError, match="Could not override 'learning_rate'"):
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'") as err:
         compose_experiment(["learning_rate=0.1"])
+    assert "+learning_rate" not in str(err.value)  # never suggest appending the typo
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["num_round=2"], "unknown key 'num_round'; did you mean 'num_rounds'"),
+        (["+num_round=2"], "unknown key 'num_round' in override '\\+num_round=2'.*'num_rounds'"),
+        (["++num_round=2"], "unknown key 'num_round'"),
+        (["partition=dirichlet", "+partition.alpah=0.3"], "did you mean 'partition.alpha'"),
+        (["+strategy.proximal_mu=0.1"], "exists only with strategy=fedprox"),
+        (["+aggregator.wieghted=true"], "WeightedMean takes no parameter 'wieghted'"),
+    ],
+)
+def test_a_typo_is_refused_with_or_without_plus_and_the_closest_key_suggested(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        compose_experiment(overrides)
+
+
+def test_plus_still_adds_groups_and_parameters_the_component_takes():
+    assert compose_experiment(["+preset=robust"]).choices["aggregator"] == "geometric_median"
+    assert compose_experiment(["++num_rounds=3"]).cfg.num_rounds == 3
+    # a parameter the component's class takes, though its yaml does not list it
+    base = OmegaConf.create({"aggregator": {"_target_": "fl_ext.aggregators.GeometricMedian"}})
+    parsed = override_check.parse(["+aggregator.nu=1e-5", "+aggregator.mu=1"])
+    assert override_check.check_additions(parsed[:1], base, CONF_DIR) is None
+    assert "takes no parameter 'mu'" in override_check.check_additions(parsed, base, CONF_DIR)
 
 
 @pytest.mark.parametrize(
