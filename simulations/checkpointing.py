@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,18 @@ def restore_point(built: Built) -> Restored | None:
             raise ConfigError("rollback_round needs rollback_from=<checkpoint directory>")
         return None
     directory = Path(str(resume or rollback)).expanduser()
+    key = "resume" if resume else "rollback_from"
     if not directory.is_dir():
-        raise ConfigError(f"checkpoint directory {directory} does not exist")
+        raise ConfigError(f"{key}: checkpoint directory {directory} does not exist")
+    round_dir = re.fullmatch(r"round-(\d{6})", directory.name)
+    if round_dir or (directory / "manifest.json").exists():
+        hint = f"{key}={directory.parent}"
+        if round_dir and not resume:
+            hint += f" rollback_round={int(round_dir.group(1))}"
+        raise ConfigError(
+            f"{key}={directory} is one round's checkpoint; pass the run's checkpoint directory "
+            f"(the folder of the round-NNNNNN folders): {hint}"
+        )
     store = open_store(directory, conf)
     try:
         checkpoint = store.load(None if resume else conf.get("rollback_round"))
@@ -129,6 +140,7 @@ class RoundSaver:
     best_arrays: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
     last: Checkpoint | None = None
     signatures: dict[int, str] = field(default_factory=dict)
+    aggregated_rounds: int = 0  # rounds that aggregated at least one client update
     config: dict[str, Any] = field(init=False)  # resolved once: it is the same every round
 
     def __post_init__(self) -> None:
@@ -136,6 +148,8 @@ class RoundSaver:
 
     def __call__(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
         named = record_to_named(arrays)
+        if not metrics.get("round_skipped") and metrics.get("clients_valid", 0) > 0:
+            self.aggregated_rounds += 1
         accuracy = metrics.get("test_accuracy", self.built.history.get(server_round, np.nan))
         if np.isfinite(accuracy) and accuracy > self.best_accuracy:
             self.best_round, self.best_accuracy = server_round, float(accuracy)
@@ -150,6 +164,7 @@ class RoundSaver:
             "metrics": metrics,
             "history": {str(k): v for k, v in self.built.history.items()},
             "best": {"round": self.best_round, "accuracy": self.best_accuracy},
+            "aggregated_rounds": self.aggregated_rounds,
             "mlflow_run_id": self.run_id,
             "config": self.config,
             "privacy_ledger": privacy.ledger.to_json() if privacy is not None else None,
@@ -165,6 +180,9 @@ class RoundSaver:
         recorded = restored.checkpoint.state.get("best", {})
         self.best_round = int(recorded.get("round", -1))
         self.best_accuracy = float(recorded.get("accuracy", -np.inf))
+        self.aggregated_rounds = int(
+            restored.checkpoint.state.get("aggregated_rounds", restored.checkpoint.server_round)
+        )
         if self.best_round == restored.checkpoint.server_round:
             self.best_arrays = restored.checkpoint.arrays
         elif self.best_round >= 0 and self.best_round in restored.store.rounds():

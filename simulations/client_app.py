@@ -15,6 +15,9 @@ from clients import SgdClient, numpy_client_app
 from fl_ext.data.federated import client_data
 from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
+from simulations.console import configure_console
+
+configure_console()  # in the simulation's actor process too: one line per event
 
 
 def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:

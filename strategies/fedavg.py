@@ -9,12 +9,11 @@ measured on the records, and a per-round callback for tracking.
 
 from __future__ import annotations
 
-import io
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -48,6 +47,7 @@ from strategies.compression import AdaptiveCompression, Compression
 from strategies.exchange import InFlight, exchange
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
+from strategies.progress import RunSummary, progress_line
 from strategies.records import named_array_record, record_to_named
 from strategies.replies import (
     UPDATE_KEY,
@@ -347,7 +347,7 @@ class FlExtFedAvg(FedAvg):
             self._epochs_node.update(dict.fromkeys(nodes, int(epochs)))
             messages += self._construct_messages(record, nodes, MessageType.TRAIN)
         log(
-            INFO,
+            DEBUG,
             "configure_train: %d of %d nodes selected",
             len(self.round_log.selected),
             len(available),
@@ -558,10 +558,15 @@ class FlExtFedAvg(FedAvg):
         t_start = time.monotonic()
         initial = phases.central(0, initial_arrays) if first_round == 1 else {}
         if initial:
-            log(INFO, "Initial global evaluation: %s", initial)
+            log(
+                INFO,
+                "Initial model: test acc %.4f loss %.4f",
+                initial.get("test_accuracy", float("nan")),
+                initial.get("test_loss", float("nan")),
+            )
             notify(0, initial)
+        progress = RunSummary(first_round=first_round, num_rounds=num_rounds)
         for server_round in range(first_round, num_rounds + 1):
-            log(INFO, "")
             if self.privacy is not None:
                 self.stop_reason = self.privacy.stop_reason(server_round, grid.get_node_ids())
                 if self.stop_reason is not None:
@@ -569,14 +574,19 @@ class FlExtFedAvg(FedAvg):
                     break
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
             metrics = self._run_round(server_round, phases)
-            log(INFO, "Round %d: %s", server_round, _progress_line(metrics))
+            progress.add(server_round, metrics)
+            log(
+                INFO,
+                "Round %d/%d: %s",
+                server_round,
+                num_rounds,
+                progress_line(metrics, eta_s=progress.eta_s(server_round)),
+            )
             if checkpoint_fn is not None:
                 checkpoint_fn(server_round, phases.result.arrays, metrics)
             notify(server_round, metrics)
-        log(INFO, "")
-        log(INFO, "Strategy finished in %.2fs", time.monotonic() - t_start)
-        for line in io.StringIO(str(phases.result)):
-            log(INFO, "\t%s", line.rstrip("\n"))
+        log(INFO, "Finished: %s", progress.line(self.stop_reason))
+        log(DEBUG, "Strategy finished in %.2fs", time.monotonic() - t_start)
         return phases.result
 
     def _run_round(self, server_round: int, phases: _Phases) -> dict[str, float]:
@@ -912,21 +922,3 @@ class _Phases:
 
 def _scalars(prefix: str, record: MetricRecord) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in record.items() if not isinstance(v, list)}
-
-
-def _progress_line(m: dict[str, float]) -> str:
-    parts = []
-    if "test_accuracy" in m:
-        parts.append(
-            f"test acc {m['test_accuracy']:.4f} loss {m.get('test_loss', float('nan')):.4f}"
-        )
-    if "train_loss" in m:
-        parts.append(f"train loss {m['train_loss']:.4f}")
-    parts.append(
-        f"clients {int(m['clients_replied'])}/{int(m['clients_selected'])} replied, "
-        f"{int(m['clients_rejected'])} rejected"
-    )
-    if m.get("round_skipped"):
-        parts.append("SKIPPED")
-    parts.append(f"{m['round_time_s']:.2f}s")
-    return " | ".join(parts)

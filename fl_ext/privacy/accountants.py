@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import dp_accounting
 from dp_accounting import pld
-from opacus.accountants import PRVAccountant, RDPAccountant
 
 ACCOUNTANTS = ("rdp", "prv", "pld")
 
@@ -106,6 +105,10 @@ def _epsilon_cached(history: tuple[GaussianSteps, ...], delta: float, accountant
                 inner = dp_accounting.PoissonSampledDpEvent(h.sample_rate, inner)
             acc.compose(dp_accounting.SelfComposedDpEvent(inner, h.steps))
         return float(acc.get_epsilon(delta))
+    # Opacus only where its accountants run: importing it calls logging.basicConfig, which
+    # doubles every console line of a process that logs through its own handlers (Flower).
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     opacus_acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     opacus_acc.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history]
     return float(opacus_acc.get_epsilon(delta))

@@ -1,5 +1,7 @@
 """Checkpoints, resume and rollback on the in-process grid (real ClientApp, real MLflow)."""
 
+import re
+
 import mlflow
 import mlflow.pytorch
 import numpy as np
@@ -220,6 +222,16 @@ def test_restart_keys_are_checked(tmp_path):
     missing = build(compose_experiment([*BASE, f"resume={tmp_path / 'nope'}"]))
     with pytest.raises(ConfigError, match="does not exist"):
         run(InProcessGrid(client_app, 4), missing)
+    round_dir = tmp_path / "run" / "round-000002"
+    round_dir.mkdir(parents=True)
+    for key, hint in (
+        ("resume", f"resume={tmp_path / 'run'}$"),
+        ("rollback_from", f"rollback_from={tmp_path / 'run'} rollback_round=2$"),
+    ):
+        one_round = build(compose_experiment([*BASE, f"{key}={round_dir}"]))
+        with pytest.raises(ConfigError, match="is one round's checkpoint") as err:
+            run(InProcessGrid(client_app, 4), one_round)
+        assert re.search(hint, str(err.value)), str(err.value)
 
 
 def test_when_an_earlier_round_was_best_it_is_registered_as_its_own_version(tmp_path, monkeypatch):
