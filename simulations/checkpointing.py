@@ -173,7 +173,7 @@ class RoundSaver:
             server_round, named, state, tensors, protect=frozenset({self.best_round})
         )
         self.signatures[server_round] = self.last.signature
-        log.info("Checkpoint of round %d: %s", server_round, self.last.path)
+        log.debug("Checkpoint of round %d: %s", server_round, self.last.path)
 
     def restore(self, restored: Restored) -> None:
         """Continue the best-model bookkeeping of a resumed run."""

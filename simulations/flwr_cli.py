@@ -11,6 +11,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 from simulations.local_superlink import flwr_bin
@@ -53,11 +54,13 @@ def run_app(
     app_dir: Path = APP_DIR,
     timeout: float = 1800.0,
     echo: bool = False,
+    on_line: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """``flwr run <app_dir> [connection] --stream`` with Hydra ``overrides``; wait for the end.
 
     ``connection``: a named SuperLink connection in ``$FLWR_HOME/config.toml`` (a deployment);
     None runs on the local simulation SuperLink with ``num_supernodes`` simulated nodes.
+    ``on_line`` sees every streamed line as it arrives (``echo`` prints them unchanged).
     """
     command = [flwr_bin("flwr"), "run", str(app_dir)]
     if connection is not None:
@@ -81,6 +84,8 @@ def run_app(
         lines.append(line)
         if echo:
             print(line, end="", flush=True)
+        if on_line is not None:
+            on_line(line)
     process.wait(timeout=timeout)
     output = "".join(lines)
     match = re.search(r"Successfully started run (\d+)", output)

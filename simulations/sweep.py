@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 
 from fl_ext.tracking import fl_ext_home
 from simulations.compare import compare
-from simulations.config import check_config
 from simulations.flwr_cli import run_app
+from simulations.follow import PROGRESS, Follower
 from simulations.local_superlink import LocalSuperLink
+from simulations.run import precheck
 
 log = logging.getLogger(__name__)
 _LINK: LocalSuperLink | None = None
@@ -60,20 +61,25 @@ def job_overrides(task_overrides: list[str], experiment: str) -> list[str]:
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Run one combination with ``flwr run`` and report how it ended."""
     overrides = job_overrides(list(HydraConfig.get().overrides.task), sweep_experiment(cfg))
-    check_config(cfg)  # fail fast here, with the config error, not in the ServerApp
+    num_nodes = int(cfg.sweep.num_supernodes)
+    precheck(overrides, num_nodes)  # a ConfigError stops the sweep here, not in the ServerApp
     log.info("flwr run with overrides: %s", " ".join(overrides))
+    job = HydraConfig.get().job.num
+    follower = Follower(
+        write=lambda line: print(line, flush=True), prefix=f"[job {job}] ", only=PROGRESS
+    )
     outcome = run_app(
         superlink(),
         overrides,
-        num_supernodes=int(cfg.sweep.num_supernodes),
+        num_supernodes=num_nodes,
         cpus_per_client=cfg.sweep.cpus_per_client,
+        on_line=follower,
     )
     if not outcome.ok:
-        tail = "\n".join(outcome.output.splitlines()[-20:])
-        log.error("run %s ended %s:\n%s", outcome.run_id, outcome.status, tail)
+        log.error("run %s ended %s: %s", outcome.run_id, outcome.status, follower.reason)
     else:
         log.info("run %s ended %s", outcome.run_id, outcome.status)
-    return {"run_id": outcome.run_id, "status": outcome.status}
+    return {"run_id": outcome.run_id, "status": outcome.status, "reason": follower.reason}
 
 
 class CompareAtEnd(Callback):
