@@ -36,7 +36,10 @@ def flower_like_node_ids(num_nodes: int, seed: int = 0) -> list[int]:
 
     The first id is drawn from the upper half (>= 2**63) and the second from the lower half,
     so every grid of two or more nodes has ids that straddle 2**63: the case that breaks
-    code turning ids into a numpy array (float64 rounding) or a signed int64.
+    code turning ids into a numpy array (float64 rounding) or a signed int64. Returned in
+    ascending order, so partition i goes to the i-th smallest id: code that orders nodes by
+    id (selectors, the Byzantine designation) sees the partitions in the order it saw with
+    ids 1..n, and in-process results do not depend on the draw.
     """
     rng = random.Random(seed)
     ids: list[int] = []
@@ -48,7 +51,7 @@ def flower_like_node_ids(num_nodes: int, seed: int = 0) -> list[int]:
             value &= (1 << 63) - 1
         if value != SERVER_NODE_ID and value not in ids:
             ids.append(value)
-    return ids
+    return sorted(ids)
 
 
 class InProcessGrid(Grid):
