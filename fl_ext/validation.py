@@ -14,6 +14,7 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
+import torch
 
 from fl_ext.params import ParamSpec
 
@@ -65,6 +66,15 @@ def check_arrays(arrays: Mapping[str, np.ndarray], expected: ParamSpec) -> Rejec
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
             return Rejection(RejectReason.NON_FINITE, f"'{name}' contains NaN or Inf")
     return None
+
+
+def update_norm(row: torch.Tensor) -> float:
+    """L2 norm of a float32 update, summed in float64.
+
+    In float32 the sum of squares overflows for values above ~1e19 and a finite but absurd
+    update would be reported as non-finite; in float64 it is ``norm_too_large``.
+    """
+    return float(torch.linalg.vector_norm(row, dtype=torch.float64))
 
 
 def check_update_norm(norm: float, max_norm: float | None) -> Rejection | None:

@@ -41,7 +41,7 @@ from fl_ext.compat import (
 from fl_ext.params import ParamSpec
 from fl_ext.refusals import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
-from fl_ext.validation import Rejection, RejectReason, check_update_norm
+from fl_ext.validation import Rejection, RejectReason, check_update_norm, update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
 from strategies.exchange import InFlight, exchange
@@ -526,6 +526,7 @@ class FlExtFedAvg(FedAvg):
         *,
         first_round: int = 1,
         checkpoint_fn: CheckpointFn | None = None,
+        should_stop: Callable[[], str | None] | None = None,
     ) -> Result:
         """Flower's round loop, plus a bounded wait for nodes, timing and ``on_round_end``.
 
@@ -535,6 +536,8 @@ class FlExtFedAvg(FedAvg):
         ``checkpoint_fn(round, arrays, metrics)`` runs before ``on_round_end``, so a round is
         saved before it is reported. ``first_round > 1`` continues a restored run (state
         loaded with :meth:`load_state_dict`): rounds ``first_round..num_rounds`` run.
+        ``should_stop()`` is asked before each round; a reason it returns ends the loop
+        there (``stop_reason``), e.g. the run was stopped with ``flwr stop``.
         """
         if num_rounds < 1:
             raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
@@ -572,6 +575,10 @@ class FlExtFedAvg(FedAvg):
                 if self.stop_reason is not None:
                     log(WARNING, "Training stopped: %s", self.stop_reason)
                     break
+            if should_stop is not None and (reason := should_stop()) is not None:
+                self.stop_reason = reason  # e.g. the run was stopped on the SuperLink
+                log(WARNING, "Training stopped: %s", reason)
+                break
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
             metrics = self._run_round(server_round, phases)
             progress.add(server_round, metrics)
@@ -718,7 +725,7 @@ class FlExtFedAvg(FedAvg):
         for row, i in zip(crafted, byz, strict=True):
             updates[i] = row
             finite = bool(torch.isfinite(row).all())
-            norm = float(torch.linalg.vector_norm(row)) if finite else float("nan")
+            norm = update_norm(row) if finite else float("nan")
             rejection = check_update_norm(norm, self.max_update_norm)
             if rejection:
                 self._reject(accepted[i].node_id, rejection)
@@ -768,10 +775,7 @@ class FlExtFedAvg(FedAvg):
                     row.copy_(torch.from_numpy(parsed.arrays[UPDATE_KEY]))
                 else:
                     spec.flatten(parsed.arrays, out=row).sub_(global_flat)
-                parsed = (
-                    check_update_norm(float(torch.linalg.vector_norm(row)), self.max_update_norm)
-                    or parsed
-                )
+                parsed = check_update_norm(update_norm(row), self.max_update_norm) or parsed
             if isinstance(parsed, Rejection):
                 self._reject(node_id, parsed)
                 continue

@@ -59,6 +59,8 @@ def make_app(behaviour):
             del new["b"]
         if kind == "huge_norm":
             new["w"] = new["w"] + 1e6
+        if kind == "astronomic":  # finite float32, but its square overflows float32
+            new["w"] = np.full_like(new["w"], 1e30)
         if kind == "liar":
             metrics["num-examples"] = 10**9
         if kind == "negative":
@@ -316,3 +318,9 @@ def test_an_incompatible_node_is_not_selected_again():
     assert sorted(m.metadata.dst_node_id for m in again) == [1, 2, 4, 5, 6]
     evaluated = strategy.configure_evaluate(2, arrays, ConfigRecord(), grid)
     assert 3 not in {m.metadata.dst_node_id for m in evaluated}
+
+
+def test_an_astronomic_but_finite_update_is_too_large_not_non_finite():
+    strategy, _, _, metrics = run_round({2: "astronomic"})
+    assert dict(strategy.round_log.rejected) == {"norm_too_large": 1}
+    assert metrics["clients_valid"] == 5

@@ -96,6 +96,7 @@ def test_distances_are_exact(kind):
     want = ref.dist(x.double().numpy())
     scale = want.max()
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * scale)
+    assert np.array_equal(got, got.T)  # bit-for-bit: Krum's ties by position rely on it
 
 
 def test_flower_style_gram_would_be_wrong_here():
