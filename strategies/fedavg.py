@@ -77,7 +77,9 @@ class FlExtFedAvg(FedAvg):
     min_train_nodes, min_evaluate_nodes : fewer valid replies than this skip the round.
     min_available_nodes : nodes that must be connected before round 1 (bounded wait).
     max_examples_per_client : a reported count above this is rejected as absurd.
-    weight_cap_factor : weights are capped at this multiple of the lower-median count.
+    weight_cap_factor : weights are capped at this multiple of the lower-median count; the
+        default 2 bounds one liar's share near twice its fair 1/n (2/(n+1)) while honest
+        clients up to twice the typical size keep their full weight.
     max_update_norm : an update (reply minus global model) with a larger L2 norm is rejected.
     seed : seeds node selection.
     byzantine : simulation only: designated Byzantine nodes and their attack.
@@ -114,7 +116,7 @@ class FlExtFedAvg(FedAvg):
         min_evaluate_nodes: int = 2,
         min_available_nodes: int = 2,
         max_examples_per_client: int | None = None,
-        weight_cap_factor: float | None = 10.0,
+        weight_cap_factor: float | None = 2.0,
         max_update_norm: float | None = None,
         seed: int = 0,
         node_wait_timeout: float = 120.0,

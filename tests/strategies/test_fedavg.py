@@ -211,7 +211,8 @@ def test_bad_evaluate_reply_is_rejected():
     msgs = strategy.configure_evaluate(1, named_array_record(GLOBAL), ConfigRecord(), grid)
     metrics = strategy.aggregate_evaluate(1, grid.send_and_receive(msgs))
     assert strategy.round_log.eval_rejected == 1
-    assert metrics["loss"] == pytest.approx((10 * 0.1 + 30 * 0.3) / 40)
+    # node 3's 30 examples capped at 2 x the lower median (10)
+    assert metrics["loss"] == pytest.approx((10 * 0.1 + 20 * 0.3) / 30)
 
 
 def test_federated_evaluation_off():
@@ -324,3 +325,27 @@ def test_an_astronomic_but_finite_update_is_too_large_not_non_finite():
     strategy, _, _, metrics = run_round({2: "astronomic"})
     assert dict(strategy.round_log.rejected) == {"norm_too_large": 1}
     assert metrics["clients_valid"] == 5
+
+
+def test_with_the_defaults_a_liar_gets_at_most_twice_a_typical_share():
+    """No max_examples_per_client and the default cap: node 3 claims 1e9 examples."""
+    grid = InProcessGrid(make_app({3: "liar"}), 6, node_ids=small_ids(6))
+    strategy = FlExtFedAvg(max_update_norm=100.0)
+    messages = list(strategy.configure_train(1, named_array_record(GLOBAL), ConfigRecord(), grid))
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    counts = np.array([10.0, 20.0, 80.0, 40.0, 50.0, 60.0])  # 1e9 capped at 2 x lower median 40
+    w = counts / counts.sum()
+    got = record_to_named(arrays)
+    np.testing.assert_allclose(got["b"], GLOBAL["b"] + np.dot(w, np.arange(1, 7)), rtol=1e-6)
+    assert w[2] <= 2 * 40 / counts.sum()  # twice the median client's share, not ~70 %
+
+
+def test_default_experiment_bounds_a_client_claiming_the_training_set():
+    from simulations.config import compose_experiment
+
+    cap = compose_experiment([]).cfg.strategy.weight_cap_factor
+    counts = np.array([400.0] * 9 + [4000.0])  # 10 IID clients; one claims all 4,000 images
+    from fl_ext.aggregators import capped_example_weights
+
+    w = capped_example_weights(counts, cap)
+    assert w[-1] / w.sum() <= 2 / 11 + 1e-12  # was 10/19 = 53 % with a factor of 10

@@ -58,3 +58,11 @@ def test_capped_weights_limit_a_liar():
         capped_example_weights(counts, 0.5)
     with pytest.raises(ValueError, match="counts"):
         capped_example_weights(np.array([1.0, 0.0]), 10)
+
+
+@pytest.mark.parametrize("n", [3, 5, 10, 100])
+def test_default_cap_bounds_one_liars_share_near_its_fair_share(n):
+    counts = np.array([400.0] * (n - 1) + [1e18])
+    w = capped_example_weights(counts, cap_factor=2.0)
+    share = w[-1] / w.sum()
+    assert share == pytest.approx(2 / (n + 1)) and share <= 2 / n
