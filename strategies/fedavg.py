@@ -38,9 +38,11 @@ from fl_ext.compat import (
     VERSION_KEY,
     schema_hash,
 )
+from fl_ext.early_stopping import EarlyStopping
 from fl_ext.params import ParamSpec
 from fl_ext.refusals import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
+from fl_ext.server_opt import ServerOptimizer
 from fl_ext.validation import Rejection, RejectReason, check_update_norm, update_norm
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
@@ -102,6 +104,9 @@ class FlExtFedAvg(FedAvg):
         client first evaluates the model it received and reports it with its update
         (``fed_eval_received_*``: the model the round started from). On a deployment this
         halves the exchanges per round; the separate evaluate round is then skipped.
+    server_opt : a server optimizer (FedAvgM, FedAdam, FedYogi, FedAdagrad) applied to the
+        aggregate update of any rule (or of the Gaussian mechanism); its state is checkpointed.
+    early_stopping : ends the run when a round metric stopped improving (``stop_reason``).
     target_accuracy : centralized test accuracy whose first attainment is logged as
         ``time_to_target_s`` (wall seconds of rounds so far) and, with the virtual clock,
         ``sim_time_to_target_s``.
@@ -129,6 +134,8 @@ class FlExtFedAvg(FedAvg):
         stragglers: RoundPolicy | None = None,
         target_accuracy: float | None = None,
         evaluate_with_train: bool = False,
+        server_opt: ServerOptimizer | None = None,
+        early_stopping: EarlyStopping | None = None,
     ) -> None:
         _check_settings(
             fraction_train=fraction_train,
@@ -199,6 +206,9 @@ class FlExtFedAvg(FedAvg):
         self.target_round: int | None = None  # first round at or above target_accuracy
         self.wall_time_s = 0.0  # sum of round times, across restarts
         self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
+        self.server_opt = server_opt
+        self.server_opt_state: dict[str, torch.Tensor] | None = None  # made at the first step
+        self.early_stopping = early_stopping
 
     # ------------------------------------------------------------------ hooks
     def train_config_entries(self, server_round: int) -> dict[str, Any]:
@@ -263,9 +273,13 @@ class FlExtFedAvg(FedAvg):
             state["privacy"] = self.privacy.state_dict()
         if self.byzantine is not None:
             state["byzantine"] = self.byzantine.state_dict()
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping.state_dict()
         tensors = {}
         if self.aggregator_state.center is not None:
             tensors["aggregator_center"] = self.aggregator_state.center.cpu().numpy()
+        for key, value in (self.server_opt_state or {}).items():
+            tensors[f"server_opt.{key}"] = value.cpu().numpy()
         return state, tensors
 
     def load_state_dict(
@@ -292,6 +306,11 @@ class FlExtFedAvg(FedAvg):
                 part.load_state_dict(state[name])
         if self.privacy is not None and "privacy" in state:
             self.privacy.load_state_dict(state["privacy"], first_round=first_round)
+        if self.early_stopping is not None and "early_stopping" in state:
+            self.early_stopping.load_state_dict(state["early_stopping"])
+        opt = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("server_opt.")}
+        if self.server_opt is not None and opt:
+            self.server_opt_state = {k: torch.from_numpy(v.copy()) for k, v in opt.items()}
 
     # ------------------------------------------------------------------ train
     def configure_train(
@@ -416,6 +435,7 @@ class FlExtFedAvg(FedAvg):
             delta = self.privacy.aggregate(
                 server_round, updates[: len(accepted)], self._num_available
             )
+            delta = self._server_step(delta)
             return named_array_record(spec.unflatten(global_flat + delta)), metrics
         if rlog.skipped is None and len(accepted) < self.min_valid_replies():
             rlog.skipped = (
@@ -429,11 +449,21 @@ class FlExtFedAvg(FedAvg):
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
         delta = self.aggregation(updates[: len(accepted)], weights, self.aggregator_state)
-        new_arrays = spec.unflatten(global_flat + delta)
+        new_arrays = spec.unflatten(global_flat + self._server_step(delta))
         losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]
         if losses:
             metrics["train_loss"] = float(np.mean(losses))
         return named_array_record(new_arrays), metrics
+
+    def _server_step(self, delta: torch.Tensor) -> torch.Tensor:
+        """The step the global model takes: the aggregate, or the server optimizer's."""
+        if self.server_opt is None:
+            return delta
+        if self.server_opt_state is None:
+            self.server_opt_state = self.server_opt.init(delta)
+        self.server_opt.check_state(self.server_opt_state, delta.numel())  # a restored state
+        step, self.server_opt_state = self.server_opt.update(delta, self.server_opt_state)
+        return step
 
     # --------------------------------------------------------------- evaluate
     def configure_evaluate(
@@ -591,9 +621,14 @@ class FlExtFedAvg(FedAvg):
                 num_rounds,
                 progress_line(metrics, eta_s=progress.eta_s(server_round)),
             )
+            if self.early_stopping is not None:  # before the checkpoint: its state is saved
+                self.stop_reason = self.early_stopping.update(server_round, metrics)
             if checkpoint_fn is not None:
                 checkpoint_fn(server_round, phases.result.arrays, metrics)
             notify(server_round, metrics)
+            if self.stop_reason is not None:
+                log(WARNING, "Training stopped after round %d: %s", server_round, self.stop_reason)
+                break
         log(INFO, "Finished: %s", progress.line(self.stop_reason))
         log(DEBUG, "Strategy finished in %.2fs", time.monotonic() - t_start)
         return phases.result
