@@ -28,6 +28,7 @@ GROUPS = (
     "codec",
     "selection",
     "network",
+    "server_opt",
     "dataset",
     "partition",
     "model",
@@ -171,9 +172,11 @@ def check_config(cfg: DictConfig) -> None:
         "false when local_test_fraction is 0 (clients have nothing to evaluate on)",
     )
     for group in (
-        g for g in GROUPS if g not in ("attack", "privacy", "codec", "network")
+        g for g in GROUPS if g not in ("attack", "privacy", "codec", "network", "server_opt")
     ):  # plain settings
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
+    target = c.server_opt.get("_target_")
+    _require(c, "server_opt._target_", target is None or isinstance(target, str), "a class or null")
     for name, spec in (c.get("preagg") or {}).items():
         _require(
             c, f"preagg.{name}._target_", isinstance(spec.get("_target_"), str), "a class path"
