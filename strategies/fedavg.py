@@ -32,6 +32,7 @@ from fl_ext.aggregators import (
     capped_example_weights,
 )
 from fl_ext.compat import (
+    CLIENT_INFO,
     EVALUATE_RECEIVED,
     INCOMPATIBLE,
     SCHEMA_KEY,
@@ -107,6 +108,9 @@ class FlExtFedAvg(FedAvg):
     server_opt : a server optimizer (FedAvgM, FedAdam, FedYogi, FedAdagrad) applied to the
         aggregate update of any rule (or of the Gaussian mechanism); its state is checkpointed.
     early_stopping : ends the run when a round metric stopped improving (``stop_reason``).
+    require_client_info : refuse replies without fl-ext's ``client-info`` (version, schema)
+        and without ``train_loss``. None (default): only when a capability needs an fl-ext
+        client (codecs, DP-SGD, client-side attacks); a plain Flower ClientApp works otherwise.
     target_accuracy : centralized test accuracy whose first attainment is logged as
         ``time_to_target_s`` (wall seconds of rounds so far) and, with the virtual clock,
         ``sim_time_to_target_s``.
@@ -136,6 +140,7 @@ class FlExtFedAvg(FedAvg):
         evaluate_with_train: bool = False,
         server_opt: ServerOptimizer | None = None,
         early_stopping: EarlyStopping | None = None,
+        require_client_info: bool | None = None,
     ) -> None:
         _check_settings(
             fraction_train=fraction_train,
@@ -207,6 +212,13 @@ class FlExtFedAvg(FedAvg):
         self.wall_time_s = 0.0  # sum of round times, across restarts
         self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
         self.server_opt = server_opt
+        self.needs_client_info = (
+            require_client_info
+            if require_client_info is not None
+            else compression is not None
+            or isinstance(privacy, SampleLevelDP)
+            or (byzantine is not None and byzantine.client_role is not None)
+        )
         self.server_opt_state: dict[str, torch.Tensor] | None = None  # made at the first step
         self.early_stopping = early_stopping
 
@@ -499,7 +511,7 @@ class FlExtFedAvg(FedAvg):
                     self._mark_incompatible(msg.metadata.src_node_id, msg.error.reason)
                 continue
             rlog.eval_replied += 1
-            parsed = check_client_info(msg, __version__, self._schema) or parse_evaluate_reply(
+            parsed = self._check_info(msg) or parse_evaluate_reply(
                 msg, max_examples=self.max_examples_per_client
             )
             if isinstance(parsed, Rejection):
@@ -735,7 +747,7 @@ class FlExtFedAvg(FedAvg):
         if node_id not in self.round_log.selected or node_id in seen:
             return Rejection(RejectReason.MALFORMED, "reply from a node not selected or duplicated")
         seen.add(node_id)
-        rejection = check_client_info(msg, __version__, self._schema)
+        rejection = self._check_info(msg)
         if rejection is not None:
             self._mark_incompatible(node_id, rejection.detail)
             return rejection
@@ -743,9 +755,19 @@ class FlExtFedAvg(FedAvg):
             msg,
             spec,
             max_examples=self.max_examples_per_client,
-            required_metrics=("train_loss",),
+            required_metrics=("train_loss",) if self.needs_client_info else (),
             codec=self.compression.uplink_for(node_id) if self.compression is not None else None,
         )
+
+    def _check_info(self, msg: Message) -> Rejection | None:
+        """The fl-ext version/schema check, when the client offers it or a capability needs it.
+
+        A plain Flower ClientApp (no ``client-info``) takes part in everything that needs no
+        fl-ext client; its replies still pass every other check (record shape, counts, norms).
+        """
+        if not self.needs_client_info and CLIENT_INFO not in msg.content.config_records:
+            return None
+        return check_client_info(msg, __version__, self._schema)
 
     def _inject_attack(
         self, updates: torch.Tensor, accepted: list[TrainReply]
@@ -839,17 +861,16 @@ class FlExtFedAvg(FedAvg):
         """
         done = set()
         for r in accepted:
-            loss = r.metrics.get("train_loss")
+            loss = r.metrics.get("train_loss")  # absent from a plain Flower client's reply
             time_s = durations.get(r.node_id, r.metrics.get("compute_time_s"))
-            if isinstance(loss, (int, float)) and loss >= 0:
-                self.registry.on_result(
-                    r.node_id,
-                    server_round,
-                    loss=float(loss),
-                    num_examples=r.num_examples,
-                    duration_s=float(time_s) if isinstance(time_s, (int, float)) else None,
-                )
-                done.add(r.node_id)
+            self.registry.on_result(
+                r.node_id,
+                server_round,
+                loss=float(loss) if isinstance(loss, (int, float)) and loss >= 0 else None,
+                num_examples=r.num_examples,
+                duration_s=float(time_s) if isinstance(time_s, (int, float)) else None,
+            )
+            done.add(r.node_id)
         for node in self.round_log.selected:
             if node not in done:
                 self.registry.on_failure(node)

@@ -52,18 +52,19 @@ class ClientRegistry:
         node: int,
         server_round: int,
         *,
-        loss: float,
+        loss: float | None,
         num_examples: int,
         duration_s: float | None,
     ) -> None:
-        """A valid update arrived: refresh utility and speed."""
-        if not (loss >= 0 and num_examples >= 1):
+        """A valid update arrived: refresh utility (when the client reported a loss) and speed."""
+        if not ((loss is None or loss >= 0) and num_examples >= 1):
             raise ValueError(f"loss must be >= 0 and num_examples >= 1, got {loss}, {num_examples}")
         r = self._record(node)
         r.succeeded += 1
         r.last_round = server_round
         r.num_examples = num_examples
-        r.utility = num_examples * loss
+        if loss is not None:
+            r.utility = num_examples * loss
         if duration_s is not None:
             if not duration_s >= 0:
                 raise ValueError(f"duration must be >= 0, got {duration_s}")

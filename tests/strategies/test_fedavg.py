@@ -92,6 +92,7 @@ def make_app(behaviour):
 
 def run_round(behaviour, num_nodes=6, **kwargs):
     grid = InProcessGrid(make_app(behaviour), num_nodes, node_ids=small_ids(num_nodes))
+    kwargs = {"require_client_info": True, **kwargs}  # fl-ext clients: client-info required
     strategy = FlExtFedAvg(
         max_examples_per_client=1000, max_update_norm=100.0, weight_cap_factor=10.0, **kwargs
     )
