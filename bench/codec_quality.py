@@ -19,7 +19,7 @@ import warnings
 
 from mlflow.tracking import MlflowClient
 
-from fl_ext.tracking import resolve_tracking_uri
+from fl_ext.tracking import metric_key, resolve_tracking_uri
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.experiment import build, run
@@ -59,7 +59,8 @@ def one(
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name(f"codec-{codec}")
     (found,) = client.search_runs([exp.experiment_id], max_results=1)
-    up = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "bytes_up_cum")}
+    history = client.get_metric_history(found.info.run_id, metric_key("bytes_up_cum"))
+    up = {m.step: m.value for m in history}
     return dict(built.history), up
 
 

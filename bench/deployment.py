@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from fl_ext.params import get_weights
 from fl_ext.security import generate_material
+from fl_ext.tracking import metric_key
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.deployment import CONNECTION, LocalDeployment
@@ -48,7 +49,9 @@ def _round_stats(db: Path, experiment: str) -> dict[str, float]:
     for key in ("round_time_s", "train_time_s", "train_reply_s_median", "test_accuracy"):
         values = [
             m.value
-            for m in sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: m.step)
+            for m in sorted(
+                client.get_metric_history(found.info.run_id, metric_key(key)), key=lambda m: m.step
+            )
         ]
         if key == "test_accuracy":
             out[key] = values[-1]

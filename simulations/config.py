@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.singleton import Singleton
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -34,6 +36,22 @@ GROUPS = (
     "model",
     "tracking",
 )
+
+
+class outside_hydra:  # a context manager, lower case like initialize_config_dir
+    """Compose even inside a running Hydra app (a sweep job, the robustness matrix).
+
+    Hydra allows one initialized config search path per process; its state is set aside for
+    the composition and put back afterwards.
+    """
+
+    def __enter__(self) -> None:
+        self._saved = Singleton._instances.pop(GlobalHydra, None)
+
+    def __exit__(self, *_: object) -> None:
+        Singleton._instances.pop(GlobalHydra, None)
+        if self._saved is not None:
+            Singleton._instances[GlobalHydra] = self._saved
 
 
 class ConfigError(ValueError):
@@ -71,7 +89,7 @@ def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DI
             o for o in override_check.additions(parsed)
             if not override_check.is_group(conf_dir, o.key_or_group)
         ]  # fmt: skip
-        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+        with outside_hydra(), initialize_config_dir(config_dir=str(conf_dir), version_base=None):
             if added:
                 base = compose(
                     config_name="config",

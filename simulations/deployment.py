@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from fl_ext.security import DeploymentMaterial
@@ -27,10 +29,35 @@ from simulations.local_superlink import (
     flwr_bin,
     free_port,
     stop_process_group,
-    wait_until,
 )
 
 CONNECTION = "fl-ext-local"
+# log lines worth showing when a process failed or a wait timed out
+_RELEVANT = re.compile(
+    r"ERROR|CRITICAL|Traceback|Exception|error:|failed|refused|denied|not valid|certificate|"
+    r"unauthori[sz]ed|invalid",
+    re.IGNORECASE,
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_excerpt(path: Path, *, lines: int = 6) -> str:
+    """The last ``lines`` relevant lines of a process log (errors, TLS, refusals), else its tail.
+
+    The wall-clock prefix ``_timestamp_lines`` adds and colour codes are dropped.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"{path.name}: (no log)"
+    cleaned = [
+        _ANSI.sub("", re.sub(r"^\d+\.\d{3} ", "", line)).strip() for line in text.splitlines()
+    ]
+    cleaned = [line for line in cleaned if line]
+    picked = [line for line in cleaned if _RELEVANT.search(line)] or cleaned
+    if not picked:
+        return f"{path.name}: (empty)"
+    return f"{path.name}:\n  " + "\n  ".join(line[:400] for line in picked[-lines:])
 
 
 def _timestamp_lines(process: subprocess.Popen[bytes], path: Path) -> None:
@@ -47,8 +74,15 @@ class LocalDeployment(OwnedProcesses):
 
     ``tls=False`` starts everything insecure (no node authentication either: Flower allows
     it only over TLS); it exists to measure what TLS costs. ``flwr_home`` receives the
-    ``flwr`` connection ``CONNECTION`` (address + CA certificate), the SuperLink database
-    and every process's log.
+    ``flwr`` connection ``CONNECTION`` (address + CA certificate) and every process's log.
+
+    Each start is a fresh deployment: the SuperLink keeps its state (registered node keys,
+    runs) in memory unless ``database`` names a file, so starting again registers the same
+    node keys again without "Public key already in use". What must outlive a deployment
+    (MLflow runs, checkpoints, the privacy ledger, signing key) lives under ``$FL_EXT_HOME``.
+
+    A wait that fails says why: a process that exited fails it at once, with its exit code
+    and the relevant lines of its log; a timeout quotes the SuperLink's and SuperNodes' logs.
     """
 
     def __init__(
@@ -61,6 +95,7 @@ class LocalDeployment(OwnedProcesses):
         tls: bool = True,
         extra_env: dict[str, str] | None = None,
         startup_timeout: float = 90.0,
+        database: str | Path | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
@@ -76,6 +111,10 @@ class LocalDeployment(OwnedProcesses):
         self.tls = tls
         self.port = free_port()
         self.startup_timeout = startup_timeout
+        self.database = Path(database).resolve() if database is not None else None
+        self._health_error: str | None = None
+        self._log_names: dict[int, str] = {}  # pid of each process started -> its log name
+        self._programs: dict[int, str] = {}  # pid -> program name, for error messages
         bin_dir = str(Path(sys.executable).parent)
         self.env = {
             **os.environ,
@@ -108,10 +147,9 @@ class LocalDeployment(OwnedProcesses):
                 ]
             for i in range(self.num_nodes):
                 self.supernodes.append(self.start_supernode(i, partition_id=i))
-            wait_until(
+            self.wait_for(
                 lambda: self.online_count() >= self.num_nodes,
-                self.startup_timeout,
-                f"{self.num_nodes} SuperNodes online (logs in {self.flwr_home})",
+                f"{self.num_nodes} SuperNodes online",
                 poll=0.5,
             )
         except BaseException:
@@ -135,11 +173,60 @@ class LocalDeployment(OwnedProcesses):
             *security,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--database", str(self.flwr_home / "superlink.db"),
+            *(["--database", str(self.database)] if self.database is not None else []),
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
+        (self.flwr_home / "superlink.log").unlink(missing_ok=True)  # this start's log only
         self.superlink = self._spawn(command, "superlink.log")
-        wait_until(self._healthy, self.startup_timeout, f"SuperLink on {self.address}")
+        self.wait_for(self._healthy, f"SuperLink on {self.address}")
+
+    def _processes(self) -> list[tuple[subprocess.Popen[bytes], str]]:
+        """Every process started here with the name of its log."""
+        started = [self.superlink] if self.superlink is not None else []
+        return [(p, self._log_names[p.pid]) for p in [*started, *self.supernodes]]
+
+    def wait_for(
+        self,
+        check: Callable[[], bool],
+        what: str,
+        *,
+        timeout: float | None = None,
+        watch: list[subprocess.Popen[bytes]] | None = None,
+        poll: float = 0.2,
+    ) -> None:
+        """Poll ``check`` until true; fail at once if a started (or ``watch``ed) process exits.
+
+        RuntimeError for an exited process (exit code, relevant log lines), TimeoutError after
+        ``timeout`` s (default ``startup_timeout``) with the relevant lines of every log.
+        """
+        limit = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            self._fail_if_exited(watch or [])
+            if check():
+                return
+            if time.monotonic() >= deadline:
+                health = f"\nLast health check: {self._health_error}" if self._health_error else ""
+                raise TimeoutError(
+                    f"{what} not ready after {limit:.0f}s.{health}\n{self.log_reasons()}"
+                )
+            time.sleep(poll)
+
+    def _fail_if_exited(self, watch: list[subprocess.Popen[bytes]]) -> None:
+        extra = [(p, self._log_names[p.pid]) for p in watch]
+        for process, log_name in self._processes() + extra:
+            if process.poll() is not None:
+                time.sleep(0.3)  # let the log copier write the last lines
+                raise RuntimeError(
+                    f"{self._programs[process.pid]} exited with code {process.returncode} "
+                    f"(log {self.flwr_home / log_name}).\n"
+                    f"{log_excerpt(self.flwr_home / log_name)}"
+                )
+
+    def log_reasons(self) -> str:
+        """Relevant lines of the SuperLink's and every SuperNode's log, for error messages."""
+        names = ["superlink.log", *(self._log_names[p.pid] for p in self.supernodes)]
+        return "\n".join(log_excerpt(self.flwr_home / name) for name in names)
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen[bytes]:
         """Start ``command``; its output goes to ``log_name`` with a wall-clock time per line."""
@@ -153,14 +240,11 @@ class LocalDeployment(OwnedProcesses):
         threading.Thread(
             target=_timestamp_lines, args=(process, self.flwr_home / log_name), daemon=True
         ).start()
+        self._log_names[process.pid] = log_name
+        self._programs[process.pid] = Path(command[0]).name
         return process
 
     def _healthy(self) -> bool:
-        if self.superlink is not None and self.superlink.poll() is not None:
-            raise RuntimeError(
-                f"flower-superlink exited with code {self.superlink.returncode}; "
-                f"see {self.flwr_home / 'superlink.log'}"
-            )
         scheme = "https" if self.tls else "http"
         context = (
             ssl.create_default_context(cafile=str(self.material.ca_cert)) if self.tls else None
@@ -170,7 +254,21 @@ class LocalDeployment(OwnedProcesses):
                 f"{scheme}://{self.address}/health", timeout=0.5, context=context
             ) as response:
                 return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, ssl.SSLCertVerificationError):
+                # not transient: every SuperNode and the flwr CLI would be refused the same way
+                why = str(err.reason.verify_message or err.reason).rstrip(".")
+                raise RuntimeError(
+                    f"TLS: the SuperLink certificate is refused on {self.address}: {why}. "
+                    f"{self.material.server_cert} names "
+                    f"{', '.join(self.material.server_hosts())}; generate material that "
+                    "includes 127.0.0.1 (`python -m simulations.deploy keys ...`, loopback "
+                    "names are included by default; `--overwrite` to replace this one)"
+                ) from err
+            self._health_error = str(err.reason)
+            return False
+        except OSError as err:
+            self._health_error = str(err)
             return False
 
     def _write_connection(self) -> None:
@@ -191,6 +289,7 @@ class LocalDeployment(OwnedProcesses):
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise RuntimeError(
                 f"registering {public_key} failed: {result.stdout[-500:]} {result.stderr[-500:]}"
+                f"\n{log_excerpt(self.flwr_home / 'superlink.log')}"
             ) from err
 
     def start_supernode(
@@ -220,6 +319,7 @@ class LocalDeployment(OwnedProcesses):
             command.append("--insecure")
         if max_retries is not None:
             command += ["--max-retries", str(max_retries), "--max-wait-time", "20"]
+        (self.flwr_home / f"supernode-{index}.log").unlink(missing_ok=True)
         return self._spawn(command, f"supernode-{index}.log")
 
     def flwr(self, args: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -245,9 +345,7 @@ class LocalDeployment(OwnedProcesses):
 
     def online_count(self) -> int:
         """SuperNodes connected now (with TLS: online in ``flwr supernode ls``)."""
-        dead = [p.args for p in self.supernodes if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"a SuperNode exited; see the supernode-*.log in {self.flwr_home}")
+        self._fail_if_exited([])
         if not self.tls:  # no node listing without authentication: trust the live processes
             return len(self.supernodes)
         return sum(1 for n in self.nodes() if n.get("status") == "online")

@@ -31,19 +31,22 @@ import fl_ext
 from fl_ext.aggregators import Aggregator, RobustAggregation
 from fl_ext.attacks import OmniscientAttack
 from fl_ext.data import Partitioner
-from fl_ext.data.datasets import TrainTestSplit
+from fl_ext.data.datasets import TrainTestSplit, content_hash
 from fl_ext.data.federated import load_split
+from fl_ext.early_stopping import EarlyStopping
 from fl_ext.models import ClassifierNet
 from fl_ext.params import ParamSpec, get_weights, set_weights
 from fl_ext.preagg import PreAggregator
 from fl_ext.selection import Selector
 from fl_ext.selection.network import SimulatedNetwork
+from fl_ext.server_opt import ServerOptimizer
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.tracking.flatten import flatten
 from fl_ext.tracking.paths import fl_ext_home
 from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
+from simulations import naming
 from simulations.checkpointing import (
     Restored,
     RoundSaver,
@@ -53,7 +56,8 @@ from simulations.checkpointing import (
 )
 from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
-from simulations.privacy_build import build_privacy
+from simulations.privacy_build import build_privacy, check_privacy_federation
+from simulations.run_control import RunControl
 from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
@@ -77,6 +81,7 @@ class Built:
     train_config: ConfigRecord
     evaluate_config: ConfigRecord
     history: dict[int, float] = field(default_factory=dict)
+    stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
 
 
 def build(experiment: Experiment) -> Built:
@@ -107,6 +112,12 @@ def build(experiment: Experiment) -> Built:
         privacy = build_privacy(conf, split, model)
         compression = build_compression(conf)
         selector = build_from_spec(conf["selection"], Selector)
+        opt_spec = conf.get("server_opt") or {}
+        server_opt = (
+            build_from_spec(opt_spec, ServerOptimizer) if opt_spec.get("_target_") else None
+        )
+        stopping = dict(conf.get("early_stopping") or {})
+        early_stopping = EarlyStopping(**stopping) if stopping.get("patience") is not None else None
         stragglers = build_stragglers(conf)
         link_adaptive_codec(conf, compression, stragglers)
         strategy = instantiate(
@@ -118,6 +129,8 @@ def build(experiment: Experiment) -> Built:
             compression=compression,
             selector=selector,
             stragglers=stragglers,
+            server_opt=server_opt,
+            early_stopping=early_stopping,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -251,16 +264,24 @@ def check_aggregation(built: Built, num_nodes: int) -> None:
         raise ConfigError(str(err)) from err
 
 
+def check_privacy(built: Built, num_nodes: int) -> None:
+    """Privacy checks that need the federation's size: budget left (DP-SGD), noise vs update."""
+    dim = sum(int(a.size) for a in get_weights(built.model).values())
+    try:
+        check_privacy_federation(
+            built.strategy.privacy, built.experiment.resolved(), num_nodes=num_nodes, dim=dim
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def run_name(experiment: Experiment) -> str:
-    """Readable MLflow run name from the group choices and the seed."""
-    c = experiment.choices
-    rule = "" if c["aggregator"] == "mean" else f"-{c['aggregator']}"
-    attack = "" if c["attack"] == "none" else f"-vs-{c['attack']}"
-    pre = "" if c["preagg"] == "none" else f"-{c['preagg']}"
-    return (
-        f"{c['strategy']}{rule}{pre}{attack}-{c['dataset']}-{c['partition']}-{c['model']}"
-        f"-seed{experiment.cfg.seed}"
-    )
+    """Readable MLflow run name: the choices, the seed and what differs from the defaults.
+
+    ``fedavg-krum-vs-alie-digits-dirichlet-mlp-seed0 codec=int8 lr=0.1 partition.alpha=0.3``
+    (see simulations/naming.py).
+    """
+    return naming.run_name(experiment)
 
 
 def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
@@ -299,9 +320,9 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
         try:
             tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
         finally:
-            tracker.end("FAILED")
+            tracker.end("KILLED" if built.stopped else "FAILED")
         raise
-    tracker.end("FINISHED")
+    tracker.end("KILLED" if built.stopped else "FINISHED")  # KILLED: "killed by user"
     return result
 
 
@@ -319,6 +340,7 @@ def _run_tracked(grid: Grid, built: Built, restored: Restored | None, last_logge
         )
         store = open_store(directory, conf)
         tracker.set_tags({"checkpoint.dir": str(store.directory.resolve())})
+        log.info("Signed checkpoints of every round in %s", store.directory.resolve())
     saver = RoundSaver(built, store, tracker.run_id)
     initial = named_array_record(get_weights(built.model))
     first_round = 1
@@ -355,7 +377,10 @@ def _run_tracked(grid: Grid, built: Built, restored: Restored | None, last_logge
     nodes = wait_for_nodes(grid, cfg.min_available_nodes, timeout=cfg.node_wait_timeout)
     check_partitions(built, len(nodes))
     check_aggregation(built, len(nodes))
+    check_privacy(built, len(nodes))
     tracker.set_tags({"num_clients": str(len(nodes))})
+    control = RunControl.for_this_process(on_stop=lambda why: _stopped(built, why))
+    control.close_on_exit(lambda: tracker.end("KILLED"))  # stopped in the middle of a round
     result = built.strategy.start(
         grid=grid,
         initial_arrays=initial,
@@ -367,11 +392,21 @@ def _run_tracked(grid: Grid, built: Built, restored: Restored | None, last_logge
         on_round_end=tracker.log_metrics,
         first_round=first_round,
         checkpoint_fn=saver,
+        should_stop=control,
     )
-    if built.strategy.stop_reason is not None:
-        tracker.set_tags({"privacy.stopped": built.strategy.stop_reason[:5000]})
+    reason = built.strategy.stop_reason
+    if built.stopped is None and reason is not None:
+        early = reason.startswith("early stopping:")
+        tracker.set_tags({"early_stopping.stopped" if early else "privacy.stopped": reason[:5000]})
     finish(built, result, num_clients=len(nodes), saver=saver)
+    control.close()
     return result
+
+
+def _stopped(built: Built, reason: str) -> None:
+    """``flwr stop``: the run ends KILLED (see ``run``), tagged why, its logged rounds kept."""
+    built.stopped = reason
+    built.tracker.set_tags({"stopped": reason[:5000]})
 
 
 def _run_key(tracker: Tracker) -> str:
@@ -411,8 +446,12 @@ def central_evaluate(built: Built, server_round: int, arrays: ArrayRecord) -> Me
 def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver) -> None:
     """Plot, log and register the final and the best model with their FL metadata.
 
-    Registered versions get the aliases ``final`` and ``best`` (one version carries both
-    when the last round was the best) and the signature of the checkpoint they came from.
+    The registry aliases mean what they say (see :func:`_best_verdict`): a run that aggregated
+    no client update registers nothing; a run with a simulated attack registers its final
+    model without any alias; a clean run's final model takes ``final``, and its best model
+    takes ``best`` only if it beats the current ``@best`` on the same data and held-out split
+    (one version carries both when the last round was the best). Each version carries the
+    signature of the checkpoint it came from.
     """
     exp, cfg, tracker = built.experiment, built.experiment.cfg, built.tracker
     set_weights(built.model, result.arrays.to_numpy_ndarrays())
@@ -440,6 +479,8 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         "model": exp.choices["model"],
         "final_test_accuracy": f"{final_acc:.4f}",
         "fl_ext_version": fl_ext.__version__,
+        **test_split_tags(built),
+        "simulated_attack": str(built.strategy.byzantine is not None).lower(),
     }
     privacy = built.strategy.privacy
     if privacy is not None:
@@ -460,30 +501,66 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
     last_round = (
         saver.last.server_round if saver.last is not None else max(built.history, default=0)
     )
+    run_tags = {"final_test_accuracy": f"{final_acc:.4f}"}
+    if saver.aggregated_rounds == 0:
+        reason = "no round aggregated a client update: the model is the one the run started from"
+        log.warning("Model not registered: %s", reason)
+        tracker.set_tags({**run_tags, "registered_version": "none", "registry.skipped": reason})
+        return
+    final_tags = {**fl_tags, "stage": "final", "test_accuracy": repr(float(final_acc))}
+    if built.strategy.byzantine is not None or built.stopped is not None:
+        why_not = (
+            f"simulated attack (attack={exp.choices['attack']})"
+            if built.strategy.byzantine is not None
+            else f"stopped before its last round ({built.stopped})"
+        )
+        version = _register(
+            built,
+            registered,
+            {**final_tags, **({"stopped": "true"} if built.stopped else {})},
+            server_round=last_round,
+            signature=saver.signatures.get(last_round, "none"),
+            aliases=(),
+        )
+        log.warning(
+            "%s: %s v%s registered with no alias; @final and @best stay where they are",
+            why_not[0].upper() + why_not[1:],
+            registered,
+            version,
+        )
+        tracker.set_tags({**run_tags, "registered_version": str(version)})
+        return
+    takes_best, why = _best_verdict(
+        built.tracker.alias_tags(registered, "best"), fl_tags, saver.best_accuracy
+    )
     best_is_final = saver.best_round in (last_round, -1)
     version = _register(
         built,
         registered,
-        {**fl_tags, "stage": "final"},
+        final_tags,
         server_round=last_round,
         signature=saver.signatures.get(last_round, "none"),
-        aliases=("final", "best") if best_is_final else ("final",),
+        aliases=("final", "best") if best_is_final and takes_best else ("final",),
     )
-    tracker.set_tags(
-        {"final_test_accuracy": f"{final_acc:.4f}", "registered_version": str(version)}
-    )
-    if not best_is_final:
+    tracker.set_tags({**run_tags, "registered_version": str(version), "registry.best": why})
+    if takes_best and not best_is_final:
         set_weights(built.model, saver.best_arrays)
         best_version = _register(
             built,
             registered,
-            {**fl_tags, "stage": "best", "best_test_accuracy": f"{saver.best_accuracy:.4f}"},
+            {
+                **fl_tags,
+                "stage": "best",
+                "test_accuracy": repr(float(saver.best_accuracy)),  # full precision: compared
+                "best_test_accuracy": f"{saver.best_accuracy:.4f}",
+            },
             server_round=saver.best_round,
             signature=saver.signatures.get(saver.best_round, "none"),
             aliases=("best",),
             artifact_path="best_model",
         )
         tracker.set_tags({"best_round": str(saver.best_round), "best_version": str(best_version)})
+    (log.info if takes_best else log.warning)("Registry @best: %s", why)
     log.info(
         "Final test accuracy %.4f; model logged in %.1fs (registered: %s v%s)",
         final_acc,
@@ -491,3 +568,48 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         registered,
         version,
     )
+
+
+def test_split_tags(built: Built) -> dict[str, str]:
+    """What defines the held-out split the accuracies are measured on (registry tags)."""
+    spec = dict(built.experiment.resolved()["dataset"])
+    spec.pop("_target_", None)
+    test = built.split.test
+    return {
+        "test_split_hash": content_hash(test.x, test.y),
+        "test_split": f"{len(test)} examples, {spec}",
+    }
+
+
+def _best_verdict(
+    current: dict[str, str] | None, tags: dict[str, str], best_accuracy: float
+) -> tuple[bool, str]:
+    """Whether this clean run's best model takes ``@best`` from ``current``, and why.
+
+    It does when there is no ``@best`` yet, when the current one cannot defend it (a version
+    from a simulated attack, or one registered before the split was recorded), or when it
+    beats it strictly on the same dataset (content hash) and the same held-out split (hash of
+    the test examples). A ``@best`` measured on other data or another split is not comparable
+    and stays.
+    """
+    if current is None:
+        return True, f"first @best ({best_accuracy:.4f})"
+    v = current.get("version", "?")
+    if current.get("simulated_attack", "false") != "false" or "test_split_hash" not in current:
+        return True, (
+            f"@best v{v} (attack={current.get('attack', '?')}, registered without a recorded "
+            f"clean split) does not defend it: moved ({best_accuracy:.4f})"
+        )
+    if (current.get("dataset_hash"), current["test_split_hash"]) != (
+        tags["dataset_hash"],
+        tags["test_split_hash"],
+    ):
+        return False, (
+            f"@best v{v} was measured on another dataset or held-out split "
+            f"({current.get('test_split', '?')}): not comparable, it stays; use "
+            "tracking.registered_model_name=<name> to keep a @best for this split"
+        )
+    theirs = float(current.get("test_accuracy", "nan"))
+    if best_accuracy > theirs:
+        return True, f"{best_accuracy:.4f} beats @best v{v} ({theirs:.4f}): moved"
+    return False, f"{best_accuracy:.4f} does not beat @best v{v} ({theirs:.4f}): it stays"

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from fl_ext.tracking import Tracker, resolve_tracking_uri
+from fl_ext.tracking import Tracker, metric_key, resolve_tracking_uri
 from simulations.client_app import app as client_app
 from simulations.config import GROUPS, ConfigError, Experiment, check_config
 from simulations.experiment import build, check_aggregation, run
@@ -108,8 +108,8 @@ def collect(
         scenario = t.get("choice.scenario", "default")
         if INFEASIBLE_TAG in t:
             cells[scenario][key] = {"acc": "n/a"}
-        elif r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics:
-            cells[scenario][key] = {"acc": float(r.data.metrics["test_accuracy"])}
+        elif r.info.status == "FINISHED" and metric_key("test_accuracy") in r.data.metrics:
+            cells[scenario][key] = {"acc": float(r.data.metrics[metric_key("test_accuracy")])}
     return cells
 
 

@@ -18,6 +18,7 @@ with tracebacks folded (``--verbose`` shows them); the exit code says how the ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -25,11 +26,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulations.config import ConfigError, compose_experiment
+from simulations.config import ConfigError, Experiment, compose_experiment
 from simulations.follow import Follower
 
 DEFAULT_SUPERLINK = ("127.0.0.1", 39091)  # where a plain `flwr run .` finds its local SuperLink
@@ -43,6 +44,26 @@ def precheck(overrides: list[str], num_nodes: int | None) -> None:
     dataset or model is loaded before the config itself is valid).
     """
     experiment = compose_experiment(overrides)
+    with _quiet("flwr", "fl_ext"):  # the ServerApp logs the same lines again when it runs
+        _check_built(experiment, num_nodes)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only warnings and errors of these loggers while the checks run (unless --verbose)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    verbose = logging.getLogger("fl_ext").isEnabledFor(logging.DEBUG)
+    for lg in loggers:
+        lg.setLevel(lg.level if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _check_built(experiment: Experiment, num_nodes: int | None) -> None:
     from simulations.checkpointing import restore_point
     from simulations.experiment import build, check_aggregation, check_partitions
 
@@ -86,7 +107,7 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
     args = parser.parse_args(argv)
     if args.num_supernodes < 1:
         parser.error(f"--num-supernodes must be >= 1, got {args.num_supernodes}")
-    logging.getLogger("fl_ext").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("fl_ext").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         precheck(args.overrides, None if args.connection else args.num_supernodes)
     except ConfigError as err:

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from mlflow.tracking import MlflowClient
 
-from fl_ext.tracking import resolve_tracking_uri
+from fl_ext.tracking import metric_key, resolve_tracking_uri
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.experiment import build, run
@@ -60,7 +60,8 @@ def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name(name)
     (found,) = client.search_runs([exp.experiment_id], max_results=1)
-    times = {m.step: m.value for m in client.get_metric_history(found.info.run_id, "sim_time_s")}
+    history = client.get_metric_history(found.info.run_id, metric_key("sim_time_s"))
+    times = {m.step: m.value for m in history}
     return [(times[r], built.history[r]) for r in sorted(times)]
 
 

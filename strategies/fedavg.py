@@ -60,6 +60,7 @@ from strategies.replies import (
     parse_evaluate_reply,
     parse_train_reply,
 )
+from strategies.round import Round
 from strategies.round_log import RoundLog
 from strategies.stragglers import RoundPolicy
 from strategies.wire import record_wire_bytes
@@ -182,11 +183,6 @@ class FlExtFedAvg(FedAvg):
         )
         self.registry = ClientRegistry()
         self.stragglers = stragglers
-        self._needed = 0
-        self._bytes_down_node: dict[int, int] = {}
-        self._epochs_node: dict[int, int] = {}
-        self._reply_seconds: dict[int, float] = {}  # measured, this round's train exchange
-        self._left_in_flight = 0
         self.in_flight = InFlight()  # messages not waited for: their nodes are busy
         self.evaluate_selector = (
             UniformSelector(fraction=fraction_evaluate, minimum=min_evaluate_nodes, seed=seed + 1)
@@ -198,11 +194,7 @@ class FlExtFedAvg(FedAvg):
         self.privacy = privacy
         self.compression = compression
         self.stop_reason: str | None = None
-        self._num_available = 0
-        self.round_log = RoundLog(0)
-        self._spec: ParamSpec | None = None
-        self._global_flat: torch.Tensor | None = None
-        self._global_named: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.current: Round | None = None  # the round being configured/aggregated
         self.bytes_down_cum = 0
         self.bytes_up_cum = 0
         self._schema = ""
@@ -329,37 +321,37 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Select nodes and build one train message each; ``config`` is not modified."""
-        self.round_log = RoundLog(server_round)
-        self._set_global(arrays)
+        rnd = self.current = Round.start(server_round, record_to_named(arrays))
+        self._schema = rnd.schema
         available = list(grid.get_node_ids())
         if self.stragglers is not None:  # simulated availability: who is online this round
             available = [n for n in available if self.stragglers.online(n, server_round)]
         busy = self.in_flight.busy()
         available = [n for n in available if n not in self.incompatible and n not in busy]
-        self._num_available = len(available)
+        rnd.available = available
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
             selected = eligible  # Poisson sampling is the selection
-            self._needed = len(selected)  # no over-selection: every sampled node is waited for
+            rnd.needed = len(selected)  # no over-selection: every sampled node is waited for
         elif len(eligible) < self.min_train_nodes:
-            self.round_log.skipped = (
+            rnd.log.skipped = (
                 f"{len(eligible)} nodes connected and eligible, min_train_nodes is "
                 f"{self.min_train_nodes}"
             )
-            log(WARNING, "Round %d skipped: %s", server_round, self.round_log.skipped)
+            log(WARNING, "Round %d skipped: %s", server_round, rnd.log.skipped)
             return []
         else:
-            self._needed = self.train_selector.sample_size(len(eligible))
+            rnd.needed = self.train_selector.sample_size(len(eligible))
             count = (
-                self.stragglers.asked(self._needed, len(eligible))
+                self.stragglers.asked(rnd.needed, len(eligible))
                 if self.stragglers is not None
-                else self._needed
+                else rnd.needed
             )
             selected = self.train_selector.select(
                 eligible, registry=self.registry, server_round=server_round, count=count
             )
         self.registry.on_selected(selected)
-        self.round_log.selected = selected
+        rnd.log.selected = selected
         if self.byzantine is not None:
             self.byzantine.designate(available)
         base = self.train_config_entries(server_round)
@@ -374,15 +366,15 @@ class FlExtFedAvg(FedAvg):
         for key, nodes in groups.items():
             record = self._record(sent, config, dict(key))
             nbytes = record_wire_bytes(record)
-            self.round_log.bytes_down += nbytes * len(nodes)
-            self._bytes_down_node.update(dict.fromkeys(nodes, nbytes))
+            rnd.log.bytes_down += nbytes * len(nodes)
+            rnd.bytes_down.update(dict.fromkeys(nodes, nbytes))
             epochs = dict(key).get("local-epochs", config.get("local-epochs", 1))
-            self._epochs_node.update(dict.fromkeys(nodes, int(epochs)))
+            rnd.epochs.update(dict.fromkeys(nodes, int(epochs)))
             messages += self._construct_messages(record, nodes, MessageType.TRAIN)
         log(
             DEBUG,
             "configure_train: %d of %d nodes selected",
-            len(self.round_log.selected),
+            len(rnd.log.selected),
             len(available),
         )
         return messages
@@ -400,8 +392,8 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply, aggregate the valid updates, or skip the round."""
-        spec, global_flat = self._require_global()
-        rlog = self.round_log
+        rnd = self._require_round(server_round)
+        spec, global_flat, rlog = rnd.spec, rnd.global_flat, rnd.log
         replies = list(replies)
         sizes = {id(m): record_wire_bytes(m.content) for m in replies if m.has_content()}
         if isinstance(self.privacy, SampleLevelDP):  # every client that trained spent privacy
@@ -411,20 +403,20 @@ class FlExtFedAvg(FedAvg):
             clock = self.stragglers.close(
                 server_round,
                 replies,
-                needed=self._needed,
+                needed=rnd.needed,
                 asked=len(rlog.selected),
-                bytes_down=self._bytes_down_node,
-                epochs=self._epochs_node,
+                bytes_down=rnd.bytes_down,
+                epochs=rnd.epochs,
                 bytes_up=sizes,
-                measured=self._reply_seconds,
-                in_flight=self._left_in_flight,
+                measured=rnd.reply_seconds,
+                in_flight=rnd.left_in_flight,
             )
         self._count_upload(clock.arrived if clock else replies, sizes)
         if clock is not None:
             replies = clock.kept
         updates, accepted = self._collect_updates(replies, spec, global_flat)
         self._update_registry(
-            server_round, accepted, clock.durations if clock else self._reply_seconds
+            server_round, accepted, clock.durations if clock else rnd.reply_seconds
         )
         if clock is not None:
             rlog.clock = clock
@@ -435,7 +427,7 @@ class FlExtFedAvg(FedAvg):
         self.aggregator_state.round = server_round
         if self.aggregation.needs_reference:  # before the attack: the attacker's view needs it
             assert self.reference_update is not None
-            reference = self.reference_update(server_round, self._global_named)
+            reference = self.reference_update(server_round, rnd.global_named)
             self.aggregator_state.reference = reference.to(updates.dtype)
         if self.byzantine is not None and self.byzantine.omniscient is not None:
             updates, accepted = self._inject_attack(updates, accepted)
@@ -445,7 +437,7 @@ class FlExtFedAvg(FedAvg):
             metrics.update(self._received_evaluation(accepted))
         if isinstance(self.privacy, ClientLevelDP):
             delta = self.privacy.aggregate(
-                server_round, updates[: len(accepted)], self._num_available
+                server_round, updates[: len(accepted)], len(rnd.available)
             )
             delta = self._server_step(delta)
             return named_array_record(spec.unflatten(global_flat + delta)), metrics
@@ -508,7 +500,7 @@ class FlExtFedAvg(FedAvg):
             if msg.has_error():
                 rlog.eval_failed += 1
                 if msg.error.code == INCOMPATIBLE:
-                    self._mark_incompatible(msg.metadata.src_node_id, msg.error.reason)
+                    self._mark_incompatible(msg.metadata.src_node_id, msg.error.reason or "")
                 continue
             rlog.eval_replied += 1
             parsed = self._check_info(msg) or parse_evaluate_reply(
@@ -533,7 +525,9 @@ class FlExtFedAvg(FedAvg):
             )
         )
 
-    def _received_evaluation(self, accepted: list[TrainReply]) -> dict[str, float]:
+    def _received_evaluation(
+        self, accepted: list[TrainReply]
+    ) -> dict[str, int | float | list[int] | list[float]]:
         """Loss/accuracy the trained clients reported for the model they received.
 
         Weighted by capped example counts (``evaluate_with_train``); empty below
@@ -550,7 +544,9 @@ class FlExtFedAvg(FedAvg):
             },
         )
 
-    def _weighted(self, counts: list[int], values: dict[str, list[float]]) -> dict[str, float]:
+    def _weighted(
+        self, counts: list[int], values: dict[str, list[float]]
+    ) -> dict[str, int | float | list[int] | list[float]]:
         """Mean of each value list, weighted by the capped reported example counts."""
         weights = capped_example_weights(np.array(counts, dtype=np.float64), self.weight_cap_factor)
         weights = weights / weights.sum()
@@ -615,7 +611,7 @@ class FlExtFedAvg(FedAvg):
         progress = RunSummary(first_round=first_round, num_rounds=num_rounds)
         for server_round in range(first_round, num_rounds + 1):
             if self.privacy is not None:
-                self.stop_reason = self.privacy.stop_reason(server_round, grid.get_node_ids())
+                self.stop_reason = self.privacy.stop_reason(server_round, list(grid.get_node_ids()))
                 if self.stop_reason is not None:
                     log(WARNING, "Training stopped: %s", self.stop_reason)
                     break
@@ -651,13 +647,14 @@ class FlExtFedAvg(FedAvg):
         t_round = time.monotonic()
         messages = self.configure_train(server_round, result.arrays, phases.train_config, grid)
         enough, limit = (
-            self.stragglers.exchange_limits(self._needed, phases.timeout)
+            self.stragglers.exchange_limits(self._needed(), phases.timeout)
             if self.stragglers is not None
             else (None, phases.timeout)
         )
         trained = exchange(grid, messages, timeout=limit, enough=enough, in_flight=self.in_flight)
-        self._reply_seconds = trained.by_node()
-        self._left_in_flight = trained.left_in_flight
+        if self.current is not None:
+            self.current.reply_seconds = trained.by_node()
+            self.current.left_in_flight = trained.left_in_flight
         self._drained(trained.drained)
         new_arrays, train_metrics = self.aggregate_train(server_round, trained.replies)
         t_train = time.monotonic() - t_round
@@ -730,16 +727,20 @@ class FlExtFedAvg(FedAvg):
         merged = ConfigRecord({**dict(config), **extra})  # a copy: the caller's is untouched
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: merged})
 
-    def _set_global(self, arrays: ArrayRecord) -> None:
-        self._global_named = record_to_named(arrays)
-        self._schema = schema_hash(self._global_named)
-        self._spec = ParamSpec.of(self._global_named)
-        self._global_flat = self._spec.flatten(self._global_named)
+    @property
+    def round_log(self) -> RoundLog:
+        """The current round's log (an empty one before the first round)."""
+        return self.current.log if self.current is not None else RoundLog(0)
 
-    def _require_global(self) -> tuple[ParamSpec, torch.Tensor]:
-        if self._spec is None or self._global_flat is None:
-            raise RuntimeError("aggregate_train called before configure_train")
-        return self._spec, self._global_flat
+    def _needed(self) -> int:
+        return self.current.needed if self.current is not None else 0
+
+    def _require_round(self, server_round: int) -> Round:
+        if self.current is None or self.current.number != server_round:
+            raise RuntimeError(
+                f"aggregate_train of round {server_round} called before its configure_train"
+            )
+        return self.current
 
     def _parse_train(
         self, msg: Message, node_id: int, seen: set[int], spec: ParamSpec
@@ -818,9 +819,9 @@ class FlExtFedAvg(FedAvg):
             if msg.has_error():
                 rlog.failed += 1
                 if msg.error.code == INCOMPATIBLE:
-                    self._mark_incompatible(node_id, msg.error.reason)
+                    self._mark_incompatible(node_id, msg.error.reason or "")
                 elif isinstance(self.privacy, SampleLevelDP) and msg.error.code == DECLINED:
-                    self.privacy.declined(node_id, msg.error.reason)
+                    self.privacy.declined(node_id, msg.error.reason or "")
                 else:
                     log(INFO, "\t> node %d failed: %s", node_id, msg.error.reason)
                 continue

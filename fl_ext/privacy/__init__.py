@@ -2,7 +2,7 @@
 
 from fl_ext.privacy.accountants import ACCOUNTANTS, GaussianSteps, compute_epsilon
 from fl_ext.privacy.calibration import UnreachableBudget, calibrate_noise_multiplier
-from fl_ext.privacy.client_level import AdaptiveClipping, ClientLevelGaussian
+from fl_ext.privacy.client_level import AdaptiveClipping, ClientLevelGaussian, noise_to_signal
 from fl_ext.privacy.ledger import BudgetExceeded, PrivacyLedger
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "UnreachableBudget",
     "calibrate_noise_multiplier",
     "compute_epsilon",
+    "noise_to_signal",
 ]

@@ -107,3 +107,28 @@ class ClientLevelGaussian:
             )
             next_clip = self.adaptive.next_clip(clip, noisy)
         return out.to(updates.dtype), next_clip, figures
+
+
+def noise_to_signal(
+    *,
+    noise_multiplier: float,
+    clip: float,
+    expected_clients: float,
+    dim: int,
+    adaptive: AdaptiveClipping | None = None,
+) -> tuple[float, float]:
+    """Noise std per coordinate of the averaged update, and a clipped update's coordinate scale.
+
+    The noise added to the average is ``N(0, (sigma C / qN)^2)`` in every coordinate (sigma
+    the update's share with adaptive clipping); an update clipped to norm C spread over ``dim``
+    coordinates has per-coordinate scale ``C / sqrt(dim)``. Their ratio
+    ``sigma sqrt(dim) / qN`` is the noise norm over the largest possible averaged update norm.
+    """
+    if not (expected_clients > 0 and dim >= 1 and clip > 0):
+        raise ValueError(
+            f"need expected_clients > 0, dim >= 1, clip > 0; got {expected_clients}, {dim}, {clip}"
+        )
+    sigma = (
+        noise_multiplier if adaptive is None else adaptive.update_noise_multiplier(noise_multiplier)
+    )
+    return sigma * clip / expected_clients, clip / math.sqrt(dim)

@@ -103,6 +103,18 @@ class PrivacyLedger:
             fits += 1
         return fits
 
+    def sample_level_rounds_that_fit(self, client: str, entry: GaussianSteps, limit: int) -> int:
+        """How many more rounds of ``entry`` client ``client``'s budget allows (up to ``limit``)."""
+        if self.client_target_epsilon is None:
+            return limit
+        fits = 0
+        while fits < limit and self.sample_level_fits(
+            client,
+            GaussianSteps(entry.noise_multiplier, entry.sample_rate, entry.steps * (fits + 1)),
+        ):
+            fits += 1
+        return fits
+
     # ------------------------------------------------------------------- record
     def record_round(
         self,

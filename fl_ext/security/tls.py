@@ -4,7 +4,9 @@ One call writes everything a SuperLink and its SuperNodes need:
 
 - ``ca.crt`` / ``ca.key``: a private certificate authority (EC P-384, 10 years);
 - ``server.crt`` / ``server.key``: the SuperLink's certificate for the given host names and
-  IP addresses (subject alternative names), signed by the CA, 2 years;
+  IP addresses (subject alternative names) plus, by default, the loopback names
+  (``localhost``, ``127.0.0.1``, ``::1``) so the same material serves a deployment on this
+  machine; signed by the CA, 2 years;
 - ``supernodes/node-<i>`` / ``node-<i>.pub``: each SuperNode's authentication key pair in
   OpenSSH format (EC P-384, what ``flower-supernode --auth-supernode-private-key`` and
   ``flwr supernode register`` read);
@@ -29,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fl_ext.security.signing import load_or_create_signing_key
 
 _CURVE = ec.SECP384R1()
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CA_USAGE = x509.KeyUsage(
     digital_signature=True,
     content_commitment=False,
@@ -76,6 +79,12 @@ class DeploymentMaterial:
         """How many SuperNode key pairs the directory holds."""
         return len(list((self.root / "supernodes").glob("node-*.pub")))
 
+    def server_hosts(self) -> list[str]:
+        """Host names and IP addresses the SuperLink certificate is valid for (its SANs)."""
+        cert = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return [str(name.value) for name in sans]
+
 
 def generate_material(
     out_dir: str | Path,
@@ -83,8 +92,15 @@ def generate_material(
     hosts: list[str],
     num_nodes: int,
     overwrite: bool = False,
+    loopback: bool = True,
 ) -> DeploymentMaterial:
-    """Write CA, server certificate for ``hosts``, ``num_nodes`` node key pairs, signing key."""
+    """Write CA, server certificate for ``hosts``, ``num_nodes`` node key pairs, signing key.
+
+    ``loopback=True`` (default) adds ``localhost``, ``127.0.0.1`` and ``::1`` to the
+    certificate's names after ``hosts``: a SuperLink on another machine is still only
+    reachable by the names in ``hosts``, and one on this machine works without new material.
+    """
+    hosts = _unique([*hosts, *(LOOPBACK_HOSTS if loopback else ())])
     if not hosts:
         raise ValueError("hosts must name at least one host name or IP address of the SuperLink")
     if not isinstance(num_nodes, int) or num_nodes < 0:
@@ -123,6 +139,24 @@ def write_node_key_pair(private_path: Path, public_path: Path) -> None:
     )
     _write(private_path, private, private=True)
     _write(public_path, public + b"\n")
+
+
+def _normal(host: str) -> str:
+    """One spelling per host: IP addresses in canonical form, names lower-case."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return host.lower().rstrip(".")
+
+
+def _unique(hosts: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for host in hosts:
+        if _normal(host) not in seen:
+            seen.add(_normal(host))
+            out.append(host)
+    return out
 
 
 def _name(common_name: str) -> x509.Name:

@@ -25,7 +25,11 @@ class Tracker:
         return -1
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Log one round's metrics in one batch."""
+        """Log one round's metrics (flat names, e.g. ``test_accuracy``) in one batch.
+
+        A tracker may store them under other names (MLflow: ``accuracy/test``, see
+        metric_names.py); the strategy's names stay flat.
+        """
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Attach or update run tags."""
@@ -51,6 +55,10 @@ class Tracker:
         ``input_example`` gives the logged model its signature; each of ``aliases``
         (``final``, ``best``) then points at the new version. Returns the version.
         """
+        return None
+
+    def alias_tags(self, registered_name: str, alias: str) -> dict[str, str] | None:
+        """Tags (plus ``version``) of the version ``alias`` points at, or None if unset."""
         return None
 
     def end(self, status: str = "FINISHED") -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from fl_ext.tracking.base import Tracker
+from fl_ext.tracking.metric_names import metric_key, mlflow_metrics
 from fl_ext.tracking.paths import default_artifact_root, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 _PARAM_BATCH = 100  # MLflow's log_batch limits
 _METRIC_BATCH = 1000
 _PARAM_VALUE_MAX = 6000
+# MLflow 3 experiment kind: the UI's model-training view, not the GenAI (traces) one
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class MlflowTracker(Tracker):
@@ -54,15 +58,25 @@ class MlflowTracker(Tracker):
         return self._client
 
     def experiment_id(self) -> str:
-        """Id of the experiment, created with an absolute artifact location if new."""
+        """Id of the experiment, created with an absolute artifact location if new.
+
+        The experiment is marked a model-training one (``mlflow.experimentKind``); one made
+        elsewhere gets the tag when it has none (a kind chosen in the UI is left alone).
+        """
         found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return str(found.experiment_id)
-        return str(
-            self.client.create_experiment(
-                self.experiment, artifact_location=default_artifact_root(self.uri)
+        if found is None:
+            return str(
+                self.client.create_experiment(
+                    self.experiment,
+                    artifact_location=default_artifact_root(self.uri),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             )
-        )
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            self.client.set_experiment_tag(
+                found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
+        return str(found.experiment_id)
 
     def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -86,15 +100,17 @@ class MlflowTracker(Tracker):
             ) from err
         self.run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
-        steps = [m.step for m in self.client.get_metric_history(run_id, "round_time_s")]
+        history = self.client.get_metric_history(run_id, metric_key("round_time_s"))
+        steps = [m.step for m in history]
         log.info("MLflow run %s resumed (last logged round: %s)", run_id, max(steps, default=0))
         return max(steps, default=-1)
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """One batch, under the MLflow names of metric_names.py (``accuracy/test``, ...)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step) for k, v in mlflow_metrics(metrics).items()]
         for i in range(0, len(items), _METRIC_BATCH):
             self.client.log_batch(self._require_run(), metrics=items[i : i + _METRIC_BATCH])
 
@@ -162,6 +178,19 @@ class MlflowTracker(Tracker):
             self.client.set_registered_model_alias(name, alias, version.version)
         log.info("Registered model '%s' version %s %s", name, version.version, list(aliases))
         return str(version.version)
+
+    def alias_tags(self, registered_name: str, alias: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        if not self.register_model:
+            return None
+        try:
+            version = self.client.get_model_version_by_alias(registered_name, alias)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no such model, or no such alias
+            raise
+        return {**{k: str(v) for k, v in version.tags.items()}, "version": str(version.version)}
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:

@@ -75,9 +75,9 @@ def test_kill_and_resume_repeats_and_loses_no_round(tmp_path):
     client = MlflowClient(resolve_tracking_uri())
     (found,) = _runs(client)  # one MLflow run, resumed, finished
     assert found.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(found.info.run_id, "test_accuracy")]
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
     assert steps == [0, 1, 2, 3, 4]  # no duplicate, no gap
-    assert [m.step for m in client.get_metric_history(found.info.run_id, "round_time_s")] == [
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "time/round_s")] == [
         1,
         2,
         3,
@@ -110,7 +110,7 @@ def test_a_round_saved_but_not_logged_is_logged_on_resume(tmp_path):
     run(InProcessGrid(client_app, 4), resumed)
     client = MlflowClient(resolve_tracking_uri())
     (found,) = _runs(client)
-    assert [m.step for m in client.get_metric_history(found.info.run_id, "round_time_s")] == [
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "time/round_s")] == [
         1,
         2,
         3,
@@ -179,14 +179,14 @@ def test_rollback_starts_a_new_run_from_an_earlier_model_and_keeps_the_privacy_s
     assert new.data.tags["rollback.round"] == "1" and new.data.tags["rollback.from"].endswith(
         "round-000001"
     )
-    steps = [m.step for m in client.get_metric_history(new.info.run_id, "round_time_s")]
+    steps = [m.step for m in client.get_metric_history(new.info.run_id, "time/round_s")]
     assert steps == [2, 3]
     assert new.data.params["lr"] == "0.02"
     # privacy spent is never rolled back: 3 rounds + 2 new ones in one ledger
     assert len(rolled.strategy.privacy.ledger.rounds) == 5
     assert (
-        new.data.metrics["dp_epsilon_client_level"]
-        > original.data.metrics["dp_epsilon_client_level"]
+        new.data.metrics["dp/epsilon_client_level"]
+        > original.data.metrics["dp/epsilon_client_level"]
     )
 
 

@@ -29,14 +29,14 @@ def test_chain_codec_with_error_feedback_learns_with_far_fewer_bytes():
     ref, m_ref = _run(["codec=none"])
     got, m_got = _run(["codec=topk_int8"])
     assert got.history[6] > ref.history[6] - 0.08  # 1% of the update per round, error feedback
-    assert m_ref["bytes_up_cum"] / m_got["bytes_up_cum"] > 50
-    assert m_got["bytes_down_cum"] == pytest.approx(m_ref["bytes_down_cum"], rel=0.01)
+    assert m_ref["bytes/up_cum"] / m_got["bytes/up_cum"] > 50
+    assert m_got["bytes/down_cum"] == pytest.approx(m_ref["bytes/down_cum"], rel=0.01)
 
 
 def test_float16_broadcast_halves_the_downlink():
     _, m_ref = _run(["codec=int8"])
     got, m_got = _run(["codec=int8", "codec.downlink=float16"])
-    assert m_got["bytes_down_cum"] < 0.55 * m_ref["bytes_down_cum"]
+    assert m_got["bytes/down_cum"] < 0.55 * m_ref["bytes/down_cum"]
     assert got.history[6] > 0.8
 
 
@@ -69,7 +69,7 @@ def _tampering_app(field, value):
 )
 def test_a_bad_payload_is_rejected_and_the_round_goes_on(field, value):
     built, metrics = _run(["codec=topk_int8", "num_rounds=2"], app=_tampering_app(field, value))
-    assert metrics["clients_rejected"] == 1 and metrics["clients_valid"] == 4
+    assert metrics["clients/rejected"] == 1 and metrics["clients/valid"] == 4
     assert built.history[2] > built.history[0]
 
 
@@ -85,8 +85,8 @@ def test_adaptive_codec_compresses_slow_links_harder():
     assert len({id(t) for t in tiers.values()}) >= 2  # the seeded draw spreads the nodes
     for node, tier in tiers.items():
         assert tier is comp.tiers[[0.5, 2.0, 10.0, 100.0].index(comp.bandwidth(node))]
-    assert sum(metrics[f"clients_tier{i}"] for i in range(4)) == 8
-    assert metrics["sim_upload_s_max"] > 0 and built.history[6] > 0.6
+    assert sum(metrics[f"clients/tier{i}"] for i in range(4)) == 8
+    assert metrics["time/sim_upload_s_max"] > 0 and built.history[6] > 0.6
 
 
 @pytest.mark.parametrize(

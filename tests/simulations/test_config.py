@@ -18,6 +18,7 @@ def test_default_experiment():
         "codec": "none",
         "selection": "uniform",
         "network": "none",
+        "server_opt": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",

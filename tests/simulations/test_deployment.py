@@ -6,16 +6,19 @@ command writes. Every process is started by the fixture and stopped by PID.
 """
 
 import json
+import os
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fl_ext.security import generate_material
+from fl_ext.security import DeploymentMaterial, generate_material
 from simulations.deployment import CONNECTION, LocalDeployment
 from simulations.flwr_cli import run_app, run_status
-from simulations.local_superlink import flwr_bin, wait_until
+from simulations.local_superlink import QUIET_ENV, flwr_bin, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +29,10 @@ QUICK = ["dataset=digits", "model=mlp", "local_epochs=1", "fraction_evaluate=0",
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deployment")
     material = generate_material(root / "material", hosts=["127.0.0.1"], num_nodes=3)
-    homes = {"FL_EXT_HOME": str(root / "fl-ext-home")}
+    homes = {
+        "FL_EXT_HOME": str(root / "fl-ext-home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'fl-ext-home' / 'mlflow.db'}",  # what we read
+    }
     with LocalDeployment(root / "flwr-home", material, num_nodes=2, extra_env=homes) as started:
         yield started
 
@@ -55,10 +61,10 @@ def test_two_supernodes_train_over_tls_with_authentication(deployment):
     assert outcome.ok, outcome.output[-3000:]
     client, (found,) = _runs(deployment, "deploy")
     assert found.info.status == "FINISHED" and found.data.tags["num_clients"] == "2"
-    acc = [m.value for m in client.get_metric_history(found.info.run_id, "test_accuracy")]
+    acc = [m.value for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
     assert len(acc) == 3 and acc[2] > acc[0] + 0.3
-    assert found.data.metrics["clients_replied"] == 2
-    assert found.data.metrics["train_reply_s_max"] > 0  # measured push-to-pull times
+    assert found.data.metrics["clients/replied"] == 2
+    assert found.data.metrics["time/train_reply_s_max"] > 0  # measured push-to-pull times
 
 
 def _exits_refused(process, timeout=60):
@@ -75,10 +81,19 @@ def test_an_unregistered_supernode_is_refused(deployment):
     rogue = deployment.start_supernode(
         2, partition_id=0, key=deployment.material.node_key(2), max_retries=1
     )
+    # a wait on a process that exits fails at once, with the exit code and its log's reason
+    with pytest.raises(RuntimeError, match="flower-supernode exited with code") as failed:
+        deployment.wait_for(lambda: False, "the rogue SuperNode online", timeout=300, watch=[rogue])
+    assert "supernode-2.log" in str(failed.value)
+    assert "Failed to activate SuperNode" in str(failed.value) or "could not" in str(failed.value)
     assert _exits_refused(rogue) != 0
     log = (deployment.flwr_home / "supernode-2.log").read_text()
     assert "Failed to activate SuperNode" in log or "could not establish" in log
     assert {n["node-id"] for n in deployment.nodes()} == before
+    # a timeout quotes every log of the deployment
+    with pytest.raises(TimeoutError, match="not ready after 0s") as late:
+        deployment.wait_for(lambda: False, "something", timeout=0.1)
+    assert "superlink.log:" in str(late.value) and "supernode-1.log:" in str(late.value)
 
 
 def test_a_plaintext_supernode_is_refused_by_the_tls_superlink(deployment):
@@ -133,6 +148,15 @@ def test_kill_the_serverapp_after_round_two_and_resume(deployment, tmp_path):
     first.join(120)
     assert not first.is_alive()
     assert not outcome["run"].ok
+    client, (stopped_run,) = _runs(deployment, "resume")
+    wait_until(
+        lambda: client.get_run(stopped_run.info.run_id).info.status != "RUNNING",
+        120,
+        "the stopped run closed",
+    )
+    stopped_run = client.get_run(stopped_run.info.run_id)  # ended as stopped, not as a failure
+    assert stopped_run.info.status == "KILLED", stopped_run.data.tags
+    assert "stopped on the SuperLink" in stopped_run.data.tags["stopped"]
     done = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("round-"))
     assert done[:2] == ["round-000001", "round-000002"] and len(done) <= 3
 
@@ -147,8 +171,57 @@ def test_kill_the_serverapp_after_round_two_and_resume(deployment, tmp_path):
     assert run_status(deployment, resumed.run_id, CONNECTION) == "finished:completed"
     client, (found,) = _runs(deployment, "resume")  # one MLflow run across both ServerApps
     assert found.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(found.info.run_id, "round_time_s")]
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "time/round_s")]
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("round-")) == [
         f"round-00000{r}" for r in range(1, 5)
     ]
+
+
+README_HOSTS = ["superlink.lan", "10.0.0.5"]  # the README's `keys` example: a SuperLink elsewhere
+
+
+def test_material_without_the_loopback_names_fails_at_once_with_the_tls_reason(tmp_path):
+    material = generate_material(tmp_path / "m", hosts=README_HOSTS, num_nodes=2, loopback=False)
+    deployment = LocalDeployment(tmp_path / "home", material, num_nodes=2)
+    with pytest.raises(RuntimeError, match=r"not valid for '127\.0\.0\.1'") as failed:
+        deployment.start()  # was: "not ready after 90s" and nothing else
+    assert "superlink.lan, 10.0.0.5" in str(failed.value)
+    assert deployment.superlink is None and deployment.supernodes == []  # all stopped
+
+
+def _deploy(args, env, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.deploy", *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_readme_commands_twice_in_a_row_keys_outside_the_repository(tmp_path):
+    home = tmp_path / "fl-ext-home"
+    env = {
+        **os.environ,
+        **QUIET_ENV,
+        "FL_EXT_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
+    keys = _deploy(["keys", *(f"--host={h}" for h in README_HOSTS), "--nodes", "2"], env)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    material = DeploymentMaterial(home / "deploy")  # the default: $FL_EXT_HOME/deploy
+    assert material.num_nodes() == 2
+    assert material.server_hosts() == [*README_HOSTS, "localhost", "127.0.0.1", "::1"]
+    for attempt in (1, 2):  # the second run used to fail with "Public key already in use"
+        ran = _deploy(
+            ["run", "--nodes", "2", "--", *QUICK, "num_rounds=1", "tracking.experiment=twice"], env
+        )
+        assert ran.returncode == 0, (attempt, (ran.stdout + ran.stderr)[-3000:])
+        assert "finished:completed" in ran.stdout
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("twice").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]

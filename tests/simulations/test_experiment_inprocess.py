@@ -35,25 +35,29 @@ def test_tracked_run_has_params_metrics_artifacts_and_registered_model():
     assert params["num_rounds"] == "3" and params["strategy._target_"] == "strategies.FlExtFedAvg"
     assert params["partition._target_"] == "fl_ext.data.IidPartitioner"
     assert found.data.tags["flwr.run_id"] == "7" and found.data.tags["choice.dataset"] == "digits"
-    history = client.get_metric_history(run_id, "test_accuracy")
+    history = client.get_metric_history(run_id, "accuracy/test")
     assert [m.step for m in history] == [0, 1, 2, 3]
     assert [m.value for m in history] == pytest.approx(acc)
+    assert found.info.run_name == "fedavg-digits-iid-mlp-seed0 num_rounds=3 fraction_evaluate=1.0"
     metrics = found.data.metrics
+    # chart sections by prefix; MLflow lists them by name, the test accuracy first
+    assert {k.split("/")[0] for k in metrics} <= {"accuracy", "bytes", "clients", "loss", "time"}
+    assert sorted(metrics)[:2] == ["accuracy/fed_eval", "accuracy/test"]
     for key in (
-        "test_loss",
-        "train_loss",
-        "fed_eval_accuracy",
-        "clients_selected",
-        "clients_replied",
-        "clients_rejected",
-        "bytes_down",
-        "bytes_up",
-        "bytes_up_cum",
-        "round_time_s",
+        "loss/test",
+        "loss/train",
+        "accuracy/fed_eval",
+        "clients/selected",
+        "clients/replied",
+        "clients/rejected",
+        "bytes/down",
+        "bytes/up",
+        "bytes/up_cum",
+        "time/round_s",
     ):
         assert key in metrics, key
-    assert metrics["clients_selected"] == 4 and metrics["clients_rejected"] == 0
-    assert metrics["bytes_up_cum"] > 3 * 4 * sum(
+    assert metrics["clients/selected"] == 4 and metrics["clients/rejected"] == 0
+    assert metrics["bytes/up_cum"] > 3 * 4 * sum(
         a.nbytes for a in result.arrays.to_numpy_ndarrays()
     )
 
@@ -95,7 +99,7 @@ def test_a_crash_ends_the_mlflow_run_failed_with_what_was_logged():
     found = _only_run(client)
     assert found.info.status == "FAILED"
     assert "SuperLink unreachable" in found.data.tags["error"]
-    steps = [m.step for m in client.get_metric_history(found.info.run_id, "test_accuracy")]
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
     assert steps == [0, 1]
 
 
@@ -133,12 +137,12 @@ def test_time_to_target_accuracy_is_logged_once_at_the_first_round_reaching_it()
     client = MlflowClient(resolve_tracking_uri())
     run_id = _only_run(client).info.run_id
     first = min(r for r, acc in built.history.items() if acc >= 0.5)
-    (hit,) = client.get_metric_history(run_id, "time_to_target_s")
-    (sim_hit,) = client.get_metric_history(run_id, "sim_time_to_target_s")
+    (hit,) = client.get_metric_history(run_id, "time/to_target_s")
+    (sim_hit,) = client.get_metric_history(run_id, "time/sim_to_target_s")
     assert hit.step == first == sim_hit.step and first >= 1
-    walls = {m.step: m.value for m in client.get_metric_history(run_id, "wall_time_s")}
+    walls = {m.step: m.value for m in client.get_metric_history(run_id, "time/wall_s")}
     assert hit.value == pytest.approx(walls[first])
-    sims = {m.step: m.value for m in client.get_metric_history(run_id, "sim_time_s")}
+    sims = {m.step: m.value for m in client.get_metric_history(run_id, "time/sim_s")}
     assert sim_hit.value == pytest.approx(sims[first]) and sim_hit.value > 0
 
 
@@ -157,7 +161,7 @@ def test_evaluation_with_train_replaces_the_evaluate_exchange():
     client = MlflowClient(resolve_tracking_uri())
     run_id = _only_run(client).info.run_id
     received = {
-        m.step: m.value for m in client.get_metric_history(run_id, "fed_eval_received_accuracy")
+        m.step: m.value for m in client.get_metric_history(run_id, "accuracy/fed_eval_received")
     }
     assert sorted(received) == [1, 2, 3]
     # round r's clients evaluated the model round r started from: the previous global model,
@@ -178,3 +182,26 @@ def test_a_refused_push_costs_that_node_only_and_ids_are_flower_like():
     refused = grid.node_id(3)
     assert built.strategy.registry.get(refused).succeeded == 0
     assert built.history[2] > built.history[0] + 0.3
+
+
+def test_server_optimizer_and_early_stopping_from_the_config():
+    built = build(
+        compose_experiment(
+            [
+                *OVERRIDES,
+                "num_rounds=8",
+                "server_opt=fedavgm",
+                "server_opt.momentum=0.5",
+                "early_stopping.patience=1",
+                "early_stopping.metric=test_accuracy",
+                "early_stopping.min_delta=0.5",  # no round gains 0.5: stops after round 2
+            ]
+        )
+    )
+    run(InProcessGrid(client_app, 4), built)
+    assert sorted(built.history) == [0, 1, 2]
+    client = MlflowClient(resolve_tracking_uri())
+    found = _only_run(client)
+    assert found.info.status == "FINISHED"
+    assert found.data.tags["early_stopping.stopped"].startswith("early stopping: test_accuracy")
+    assert found.data.params["server_opt._target_"] == "fl_ext.server_opt.FedAvgM"

@@ -40,9 +40,9 @@ def test_client_level_dp_trains_accounts_and_logs(private_homes):
     assert built.history[4] > built.history[0] + 0.3  # learns despite the noise
     want = compute_epsilon([GaussianSteps(0.01, 0.5, 4)], 1e-5, "rdp")
     metrics = found.data.metrics
-    assert metrics["dp_epsilon_client_level"] == pytest.approx(want)
-    assert metrics["dp_noise_multiplier"] == 0.01 and metrics["dp_sample_rate"] == 0.5
-    history = client.get_metric_history(found.info.run_id, "dp_epsilon_client_level")
+    assert metrics["dp/epsilon_client_level"] == pytest.approx(want)
+    assert metrics["dp/noise_multiplier"] == 0.01 and metrics["dp/sample_rate"] == 0.5
+    history = client.get_metric_history(found.info.run_id, "dp/epsilon_client_level")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert history[0].value < history[-1].value
     ledger = json.loads((private_homes / "fl-ext-home/privacy/fl-ext/ledger.json").read_text())
@@ -63,7 +63,7 @@ def test_tight_budget_stops_at_the_last_round_that_fits(private_homes):
             "num_rounds=5",
         ]
     )
-    history = client.get_metric_history(found.info.run_id, "dp_epsilon_client_level")
+    history = client.get_metric_history(found.info.run_id, "dp/epsilon_client_level")
     assert [m.step for m in history] == [1, 2]
     assert history[-1].value <= budget
     assert "round 3 would take client-level epsilon" in found.data.tags["privacy.stopped"]
@@ -88,7 +88,7 @@ def test_dp_sgd_clients_spend_and_the_ledger_keeps_it(private_homes):
         compute_epsilon([GaussianSteps.from_list(e) for e in h], 1e-5, "rdp")
         for h in ledger["sample_level"].values()
     ]
-    assert found.data.metrics["dp_epsilon_sample_level_max"] == pytest.approx(max(eps))
+    assert found.data.metrics["dp/epsilon_sample_level_max"] == pytest.approx(max(eps))
     assert max(eps) <= 50  # calibrated for the 2 planned rounds
     assert max(eps) > 45
 
@@ -108,7 +108,7 @@ def test_dp_sgd_client_declines_when_its_budget_is_spent(private_homes):
     )
     stopped = found.data.tags.get("privacy.stopped", "")
     assert "every client's sample-level budget" in stopped
-    assert found.data.metrics["dp_epsilon_sample_level_max"] <= 3.0
+    assert found.data.metrics["dp/epsilon_sample_level_max"] <= 3.0
 
 
 @pytest.mark.parametrize(
@@ -166,4 +166,4 @@ def test_late_replies_still_count_as_spent(private_homes):
     assert built.history[1] == built.history[0]
     ledger = built.strategy.privacy.ledger
     assert len(ledger.sample_level) == len(built.strategy.round_log.selected) >= 2
-    assert found.data.metrics["dp_epsilon_sample_level_max"] > 0
+    assert found.data.metrics["dp/epsilon_sample_level_max"] > 0

@@ -1,0 +1,52 @@
+"""One round's state, in one value: made when the round is configured, dropped when it ends.
+
+Everything that belongs to a round (the global model it started from, who was available,
+selected and needed, the per-node bytes and epochs sent, the measured reply times of the
+exchange, what is still in flight, and the round's log) lives here rather than in fields of
+the strategy, so ``aggregate_train`` reads exactly what its ``configure_train`` decided,
+whether the strategy's own loop or Flower's ``Strategy.start`` drives them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fl_ext.compat import schema_hash
+from fl_ext.params import ParamSpec
+from strategies.round_log import RoundLog
+
+
+@dataclass
+class Round:
+    """What one round decided and measured; stages read it and add to it."""
+
+    number: int
+    spec: ParamSpec
+    global_named: OrderedDict[str, np.ndarray]
+    global_flat: torch.Tensor
+    schema: str
+    log: RoundLog
+    available: list[int] = field(default_factory=list)  # eligible for training this round
+    needed: int = 0  # updates the round waits for
+    bytes_down: dict[int, int] = field(default_factory=dict)  # per node, serialized
+    epochs: dict[int, int] = field(default_factory=dict)  # local epochs asked per node
+    reply_seconds: dict[int, float] = field(default_factory=dict)  # measured, push to pull
+    left_in_flight: int = 0  # messages not answered when the train exchange stopped
+
+    @classmethod
+    def start(cls, number: int, global_named: OrderedDict[str, np.ndarray]) -> Round:
+        """A fresh round from the global model it trains."""
+        spec = ParamSpec.of(global_named)
+        schema = schema_hash(global_named)
+        return cls(
+            number=number,
+            spec=spec,
+            global_named=global_named,
+            global_flat=spec.flatten(global_named),
+            schema=schema,
+            log=RoundLog(number),
+        )
