@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from fl_ext.params import get_weights
 from fl_ext.security import generate_material
 from fl_ext.tracking import metric_key
+from flwr_records import named_array_record
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.deployment import CONNECTION, LocalDeployment
@@ -37,7 +38,6 @@ from simulations.experiment import build, run
 from simulations.flwr_cli import run_app
 from simulations.inprocess import InProcessGrid
 from simulations.local_superlink import LocalSuperLink
-from strategies.records import named_array_record
 from strategies.wire import wire_copy
 
 

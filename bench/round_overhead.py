@@ -26,13 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fl_ext.tracking import MlflowTracker
+from flwr_records import named_array_record
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.experiment import Built, build, central_evaluate
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
 from strategies.nodes import wait_for_nodes
-from strategies.records import named_array_record
 
 ARMS = ("flower FedAvg", "fl-ext, tracking off", "fl-ext, MLflow tracking")
 

@@ -12,12 +12,13 @@ of an incompatible version or model schema with error code :data:`INCOMPATIBLE`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
+from flwr.common import Scalar
 from torch import nn
 
 from fl_ext import __version__
@@ -33,7 +34,7 @@ from fl_ext.compat import (
 )
 from fl_ext.params import get_weights
 from fl_ext.refusals import DECLINED, BudgetExhausted
-from strategies.records import named_array_record
+from flwr_records import named_array_record
 
 ClientFn = Callable[[Context, dict[str, Any]], NumPyClient]
 
@@ -42,11 +43,34 @@ CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 
 
-def _inputs(msg: Message) -> tuple[list[str], list[Any], dict[str, Any]]:
-    record = msg.content[ARRAYS_KEY]
-    config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
-    names = list(record.keys())
-    return names, record.to_numpy_ndarrays(), config
+def _arrays(msg: Message) -> ArrayRecord:
+    return msg.content.array_records[ARRAYS_KEY]
+
+
+def _config(msg: Message) -> dict[str, Scalar]:
+    """The message's ConfigRecord as a NumPyClient config; a list value is a TypeError."""
+    records = msg.content.config_records
+    config: dict[str, Scalar] = {}
+    for key, value in (records[CONFIG_KEY] if CONFIG_KEY in records else {}).items():
+        if isinstance(value, list):  # as Flower's NumPyClient conversion: no lists in a Config
+            raise TypeError(f"config entry {key!r} is a list; a NumPyClient config holds scalars")
+        config[key] = value
+    return config
+
+
+def _metrics(metrics: Mapping[str, Scalar]) -> dict[str, int | float]:
+    """A client's metrics as MetricRecord values; a non-numeric one is a TypeError naming it."""
+    numeric: dict[str, int | float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"metric {key!r} is a {type(value).__name__}, expected int or float")
+        numeric[key] = value
+    return numeric
+
+
+def _inputs(msg: Message) -> tuple[list[str], list[Any], dict[str, Scalar]]:
+    record = _arrays(msg)
+    return list(record.keys()), record.to_numpy_ndarrays(), _config(msg)
 
 
 def client_schema(client: NumPyClient) -> str:
@@ -80,8 +104,8 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     evaluates the model it received on its local test split and adds ``eval-loss``,
     ``eval-accuracy`` and ``eval-num-examples`` to the reply (one exchange per round).
     """
-    config = dict(msg.content[CONFIG_KEY]) if CONFIG_KEY in msg.content else {}
-    record = msg.content[ARRAYS_KEY]
+    config = _config(msg)
+    record = _arrays(msg)
     client = client_fn(context, config)
     schema = client_schema(client)
     refused = refusal(msg, config, schema)
@@ -115,7 +139,9 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     content = RecordDict(
         {
             ARRAYS_KEY: out,
-            METRICS_KEY: MetricRecord({**metrics, **evaluated, "num-examples": int(num_examples)}),
+            METRICS_KEY: MetricRecord(
+                {**_metrics(metrics), **evaluated, "num-examples": int(num_examples)}
+            ),
             CLIENT_INFO: client_info(schema),
         }
     )
@@ -134,7 +160,7 @@ def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Messa
     content = RecordDict(
         {
             METRICS_KEY: MetricRecord(
-                {**metrics, "loss": float(loss), "num-examples": int(num_examples)}
+                {**_metrics(metrics), "loss": float(loss), "num-examples": int(num_examples)}
             ),
             CLIENT_INFO: client_info(schema),
         }

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, Context
 from fl_ext.codecs import Codec, ErrorFeedback
 from fl_ext.params import ParamSpec
 from fl_ext.specs import build_from_spec, spec_from_json
-from strategies.records import payload_record, record_payload
+from flwr_records import payload_record, record_payload
 
 RESIDUAL_KEY = "codec-residual"
 
@@ -29,7 +29,7 @@ def codec_from_config(config: dict[str, Any], key: str) -> Codec | None:
     """The codec a config entry names, or None when the entry is absent."""
     if key not in config:
         return None
-    return build_from_spec(spec_from_json(str(config[key])), Codec)  # type: ignore[type-abstract]
+    return build_from_spec(spec_from_json(str(config[key])), Codec)
 
 
 def spec_of(arrays: list[np.ndarray]) -> ParamSpec:

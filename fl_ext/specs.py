@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,8 +22,15 @@ class SpecError(ValueError):
     """A component spec names something that may not or cannot be built."""
 
 
-def resolve_target(target: object, base: type[T]) -> type[T]:
-    """Return the class named by ``target`` if it is an ``fl_ext`` subclass of ``base``."""
+def resolve_target(target: object, base: Callable[..., T]) -> type[T]:
+    """Return the class named by ``target`` if it is an ``fl_ext`` subclass of ``base``.
+
+    ``base`` is a class, abstract ones included; it is typed as a callable returning ``T``
+    because mypy refuses an abstract class where ``type[T]`` is expected (python/mypy#4717),
+    and only the resolved subclass is ever instantiated.
+    """
+    if not isinstance(base, type):
+        raise TypeError(f"base must be a class, got {base!r}")
     if not isinstance(target, str) or not target.startswith(ALLOWED_PREFIX):
         raise SpecError(
             f"_target_ {target!r} is not allowed: it must name a class under "
@@ -31,7 +38,7 @@ def resolve_target(target: object, base: type[T]) -> type[T]:
         )
     module_name, _, class_name = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls: type[T] = getattr(importlib.import_module(module_name), class_name)  # checked below
     except (ImportError, AttributeError) as err:
         raise SpecError(f"_target_ {target!r} cannot be imported: {err}") from err
     if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -39,7 +46,7 @@ def resolve_target(target: object, base: type[T]) -> type[T]:
     return cls
 
 
-def build_from_spec(spec: Mapping[str, Any], base: type[T], **extra: Any) -> T:
+def build_from_spec(spec: Mapping[str, Any], base: Callable[..., T], **extra: Any) -> T:
     """Instantiate ``spec['_target_']`` with the other keys (plus ``extra``) as kwargs.
 
     Nested specs (values with their own ``_target_``) are built first, under the same

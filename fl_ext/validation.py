@@ -31,6 +31,7 @@ class RejectReason(StrEnum):
     BAD_EXAMPLE_COUNT = "bad_example_count"
     BAD_METRIC = "bad_metric"
     INCOMPATIBLE = "incompatible"  # fl-ext version or model schema the server cannot use
+    OVER_BUDGET = "over_budget"  # its DP-SGD spend took its client past the privacy budget
 
 
 @dataclass(frozen=True)

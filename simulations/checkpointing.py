@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from fl_ext.checkpoint import Checkpoint, CheckpointError, CheckpointStore, schema_hash
+from fl_ext.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from fl_ext.compat import schema_hash
 from fl_ext.params import get_weights
 from fl_ext.security import load_or_create_signing_key
 from fl_ext.tracking.paths import fl_ext_home
+from flwr_records import record_to_named
 from simulations.config import ConfigError
-from strategies.records import record_to_named
 
 if TYPE_CHECKING:
     from simulations.experiment import Built

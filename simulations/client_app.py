@@ -38,12 +38,17 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
         input_shape=data.input_shape,
         num_classes=data.num_classes,
     )
-    parts = {"model": model, "train": data.train, "test": data.test, "partition_id": partition_id}
     if config.get("dp-mode") == "dp_sgd":
         from clients.dp_sgd_client import DpSgdClient  # Opacus only where DP-SGD runs
 
-        return DpSgdClient(state=context.state, **parts)
-    return SgdClient(**parts)
+        return DpSgdClient(
+            state=context.state,
+            model=model,
+            train=data.train,
+            test=data.test,
+            partition_id=partition_id,
+        )
+    return SgdClient(model=model, train=data.train, test=data.test, partition_id=partition_id)
 
 
 app = numpy_client_app(client_fn)

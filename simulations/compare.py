@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import fl_ext_home, metric_key, resolve_tracking_uri
@@ -43,7 +44,7 @@ BYTES_UP_CUM = metric_key("bytes_up_cum")
 _LEGACY = {ACCURACY: "test_accuracy", BYTES_UP_CUM: "bytes_up_cum"}
 
 
-def _history(client: MlflowClient, run_id: str, key: str) -> list:
+def _history(client: MlflowClient, run_id: str, key: str) -> list[Metric]:
     return client.get_metric_history(run_id, key) or client.get_metric_history(run_id, _LEGACY[key])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,9 @@ def parse_overrides(text: str | None) -> list[str]:
         raise ConfigError(f"cannot parse overrides {text!r}: {err}") from err
 
 
-def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DIR) -> Experiment:
+def compose_experiment(
+    overrides: Sequence[str] | str = (), conf_dir: Path = CONF_DIR
+) -> Experiment:
     """Compose ``conf/config.yaml`` with ``overrides``; raise :class:`ConfigError` if invalid."""
     if isinstance(overrides, str):
         overrides = parse_overrides(overrides)
@@ -93,7 +96,9 @@ def compose_experiment(overrides: list[str] | str = (), conf_dir: Path = CONF_DI
             if added:
                 base = compose(
                     config_name="config",
-                    overrides=[o.input_line for o in parsed if o not in added],
+                    overrides=[
+                        line for line, o in zip(overrides, parsed, strict=True) if o not in added
+                    ],
                 )
                 refused = override_check.check_additions(parsed, base, conf_dir)
                 if refused is not None:

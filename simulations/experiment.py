@@ -46,6 +46,7 @@ from fl_ext.tracking.flatten import flatten
 from fl_ext.tracking.paths import fl_ext_home
 from fl_ext.tracking.plots import accuracy_plot_png
 from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
+from flwr_records import named_array_record
 from simulations import naming
 from simulations.checkpointing import (
     Restored,
@@ -62,7 +63,6 @@ from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
 from strategies.nodes import wait_for_nodes
-from strategies.records import named_array_record
 from strategies.stragglers import MeasuredStragglers, RoundPolicy, StragglerPolicy
 
 log = logging.getLogger("fl_ext")

@@ -138,7 +138,9 @@ def _baseline_cached(overrides: tuple[str, ...]) -> dict[str, Any] | None:
         plain = OmegaConf.to_container(cfg, resolve=False)
     except Exception:  # noqa: BLE001  a name never stops a run: then only the choices are named
         return None
-    return plain if isinstance(plain, dict) else None
+    if not isinstance(plain, dict):
+        return None
+    return {str(key): value for key, value in plain.items()}  # a composed config: str keys
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -378,7 +378,13 @@ def check_privacy_federation(
             "%.4g*%g/(%g*%d) = %.3g, vs a clipped update's per-coordinate scale C/sqrt(d) = "
             "%g/sqrt(%d) = %.3g: %.1fx"
         )
-        args = (plan.noise_multiplier, plan.clip, plan.sample_rate, num_nodes, noise)
+        args: tuple[float, ...] = (
+            plan.noise_multiplier,
+            plan.clip,
+            plan.sample_rate,
+            num_nodes,
+            noise,
+        )
         args += (plan.clip, dim, scale, ratio)
         if ratio <= NOISE_TO_SIGNAL_WARNING:
             log.info(message, *args)

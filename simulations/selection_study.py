@@ -59,6 +59,8 @@ def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[
     run(InProcessGrid(client_app, NODES), built)
     client = MlflowClient(resolve_tracking_uri())
     exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise RuntimeError(f"the run logged no MLflow experiment {name!r}")
     (found,) = client.search_runs([exp.experiment_id], max_results=1)
     history = client.get_metric_history(found.info.run_id, metric_key("sim_time_s"))
     times = {m.step: m.value for m in history}

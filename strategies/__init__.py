@@ -1,12 +1,16 @@
 """Flower Message-API strategies composed from fl_ext parts.
 
-The strategies are imported on first use, so a ClientApp that needs only the record helpers
-in this package does not import the server side (aggregators, accountants).
+The strategies are imported on first use, so importing one light module of this package (e.g.
+``strategies.wire``) does not import the server side (aggregators, accountants). The record
+helpers both sides share live below it, in :mod:`flwr_records`.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["FlExtFedAvg", "FlExtFedProx"]
+if TYPE_CHECKING:  # the real type for mypy; at run time imported on first use, below
+    from strategies.fedavg import FlExtFedAvg
+
+__all__ = ["FlExtFedAvg"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,8 +18,4 @@ def __getattr__(name: str) -> Any:
         from strategies.fedavg import FlExtFedAvg
 
         return FlExtFedAvg
-    if name == "FlExtFedProx":
-        from strategies.fedprox import FlExtFedProx
-
-        return FlExtFedProx
     raise AttributeError(f"module 'strategies' has no attribute {name!r}")

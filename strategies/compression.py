@@ -18,7 +18,7 @@ from fl_ext.codecs import Codec
 from fl_ext.params import ParamSpec
 from fl_ext.selection.network import SimulatedNetwork
 from fl_ext.specs import spec_to_json
-from strategies.records import payload_record, record_to_named
+from flwr_records import payload_record, record_to_named
 
 
 class Compression:
@@ -108,7 +108,8 @@ class AdaptiveCompression(Compression):
         if not tiers or tiers[-1].max_mbps is not None:
             raise ValueError("adaptive tiers must end with a catch-all tier (max_mbps: null)")
         bounds = [t.max_mbps for t in tiers[:-1]]
-        if any(b is None or b <= 0 for b in bounds) or bounds != sorted(bounds):
+        finite = [b for b in bounds if b is not None]
+        if len(finite) < len(bounds) or any(b <= 0 for b in finite) or finite != sorted(finite):
             raise ValueError(f"tier max_mbps must be > 0 and increasing, got {bounds}")
         if not profiles_mbps or any(not (p > 0) for p in profiles_mbps):
             raise ValueError(f"profiles_mbps must be positive bandwidths, got {profiles_mbps}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from logging import DEBUG, INFO, WARNING
 from typing import Any
@@ -33,10 +33,7 @@ from fl_ext.aggregators import (
 )
 from fl_ext.compat import (
     CLIENT_INFO,
-    EVALUATE_RECEIVED,
     INCOMPATIBLE,
-    SCHEMA_KEY,
-    VERSION_KEY,
     schema_hash,
 )
 from fl_ext.early_stopping import EarlyStopping
@@ -45,13 +42,13 @@ from fl_ext.refusals import DECLINED
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.server_opt import ServerOptimizer
 from fl_ext.validation import Rejection, RejectReason, check_update_norm, update_norm
+from flwr_records import named_array_record, record_to_named
 from strategies.byzantine import ByzantineSimulation
 from strategies.compression import AdaptiveCompression, Compression
 from strategies.exchange import InFlight, exchange
 from strategies.nodes import wait_for_nodes
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 from strategies.progress import RunSummary, progress_line
-from strategies.records import named_array_record, record_to_named
 from strategies.replies import (
     UPDATE_KEY,
     EvaluateReply,
@@ -62,6 +59,7 @@ from strategies.replies import (
 )
 from strategies.round import Round
 from strategies.round_log import RoundLog
+from strategies.stages import Compat, EvaluateWithTrain, FedProx, Stage, log_summary
 from strategies.stragglers import RoundPolicy
 from strategies.wire import record_wire_bytes
 
@@ -102,6 +100,9 @@ class FlExtFedAvg(FedAvg):
         dropouts, over-selection, deadline, partial aggregation and the fallback.
     compression : codecs for client updates (and optionally the broadcast); their specs travel
         in the train messages and every payload is checked before it is decoded.
+    proximal_mu : FedProx (Li et al., 2020): clients add ``mu/2 ||w - w_global||^2`` to their
+        loss (the ``FedProx`` stage; 0 is FedAvg).
+    stages : more stages, called after the built-in ones in each phase (``strategies.stages``).
     evaluate_with_train : federated evaluation without its own exchange: every trained
         client first evaluates the model it received and reports it with its update
         (``fed_eval_received_*``: the model the round started from). On a deployment this
@@ -139,6 +140,8 @@ class FlExtFedAvg(FedAvg):
         stragglers: RoundPolicy | None = None,
         target_accuracy: float | None = None,
         evaluate_with_train: bool = False,
+        proximal_mu: float = 0.0,
+        stages: Sequence[Stage] = (),
         server_opt: ServerOptimizer | None = None,
         early_stopping: EarlyStopping | None = None,
         require_client_info: bool | None = None,
@@ -200,6 +203,12 @@ class FlExtFedAvg(FedAvg):
         self._schema = ""
         self.target_accuracy = target_accuracy
         self.evaluate_with_train = bool(evaluate_with_train)
+        self.stages: list[Stage] = [
+            Compat(),
+            *([FedProx(proximal_mu=proximal_mu)] if proximal_mu else []),
+            *([EvaluateWithTrain()] if self.evaluate_with_train else []),
+            *stages,
+        ]  # fmt: skip
         self.target_round: int | None = None  # first round at or above target_accuracy
         self.wall_time_s = 0.0  # sum of round times, across restarts
         self.incompatible: dict[int, str] = {}  # nodes refused for version/schema, and why
@@ -215,16 +224,16 @@ class FlExtFedAvg(FedAvg):
         self.early_stopping = early_stopping
 
     # ------------------------------------------------------------------ hooks
-    def train_config_entries(self, server_round: int) -> dict[str, Any]:
-        """Extra ConfigRecord entries for training messages (subclasses add theirs)."""
-        privacy = self.privacy.train_entries() if self.privacy is not None else {}
-        codec = self.compression.train_entries(server_round) if self.compression else {}
-        evaluate = {EVALUATE_RECEIVED: True} if self.evaluate_with_train else {}
-        return {**self._compat_entries(server_round), **privacy, **codec, **evaluate}
-
-    def _compat_entries(self, server_round: int) -> dict[str, Any]:
-        """Round, server version and model schema: clients refuse what they cannot serve."""
-        return {"server-round": server_round, VERSION_KEY: __version__, SCHEMA_KEY: self._schema}
+    def train_config_entries(self, rnd: Round) -> dict[str, Any]:
+        """ConfigRecord entries every train message of the round carries (stages in order)."""
+        entries: dict[str, Any] = {}
+        for stage in self.stages:
+            entries.update(stage.entries(rnd))
+        if self.privacy is not None:
+            entries.update(self.privacy.train_entries())
+        if self.compression is not None:
+            entries.update(self.compression.train_entries(rnd.number))
+        return entries
 
     def summary(self) -> None:
         """Log the configuration."""
@@ -233,6 +242,7 @@ class FlExtFedAvg(FedAvg):
         log(INFO, "\t│\t├── weight cap factor: %s", self.weight_cap_factor)
         log(INFO, "\t│\t├── max update norm: %s", self.max_update_norm)
         log(INFO, "\t│\t└── aggregation: %s", self.aggregation.describe())
+        log_summary(self.stages)
         super().summary()
 
     def min_valid_replies(self) -> int:
@@ -279,6 +289,7 @@ class FlExtFedAvg(FedAvg):
             state["byzantine"] = self.byzantine.state_dict()
         if self.early_stopping is not None:
             state["early_stopping"] = self.early_stopping.state_dict()
+        state["stages"] = {stage.name: stage.state_dict() for stage in self.stages}
         tensors = {}
         if self.aggregator_state.center is not None:
             tensors["aggregator_center"] = self.aggregator_state.center.cpu().numpy()
@@ -312,6 +323,10 @@ class FlExtFedAvg(FedAvg):
             self.privacy.load_state_dict(state["privacy"], first_round=first_round)
         if self.early_stopping is not None and "early_stopping" in state:
             self.early_stopping.load_state_dict(state["early_stopping"])
+        saved = state.get("stages", {})
+        for stage in self.stages:
+            if stage.name in saved:
+                stage.load_state_dict(saved[stage.name])
         opt = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("server_opt.")}
         if self.server_opt is not None and opt:
             self.server_opt_state = {k: torch.from_numpy(v.copy()) for k, v in opt.items()}
@@ -328,6 +343,8 @@ class FlExtFedAvg(FedAvg):
             available = [n for n in available if self.stragglers.online(n, server_round)]
         busy = self.in_flight.busy()
         available = [n for n in available if n not in self.incompatible and n not in busy]
+        for stage in self.stages:
+            available = stage.eligible(rnd, available)
         rnd.available = available
         eligible = self.privacy.select(available) if self.privacy is not None else available
         if isinstance(self.privacy, ClientLevelDP):
@@ -354,7 +371,7 @@ class FlExtFedAvg(FedAvg):
         rnd.log.selected = selected
         if self.byzantine is not None:
             self.byzantine.designate(available)
-        base = self.train_config_entries(server_round)
+        base = self.train_config_entries(rnd)
         sent = arrays
         if self.compression is not None:
             sent = self.compression.broadcast(arrays, server_round)
@@ -484,7 +501,7 @@ class FlExtFedAvg(FedAvg):
             return []
         selected = self.evaluate_selector.select(available)
         self.round_log.eval_selected = len(selected)
-        record = self._record(arrays, config, self._compat_entries(server_round))
+        record = self._record(arrays, config, Compat.entries_for(server_round, self._schema))
         self.round_log.bytes_down += record_wire_bytes(record) * len(selected)
         return self._construct_messages(record, selected, MessageType.EVALUATE)
 
@@ -685,6 +702,9 @@ class FlExtFedAvg(FedAvg):
             metrics.update(self.privacy.metrics())
         if self.compression is not None:
             metrics.update(self.compression.metrics())
+        if self.current is not None:
+            for stage in self.stages:
+                metrics.update(stage.metrics(self.current))
         if self.stragglers is not None and self.stragglers.simulated:
             metrics["sim_time_s"] = self.stragglers.sim_time_s
         round_time = time.monotonic() - t_round
@@ -829,6 +849,8 @@ class FlExtFedAvg(FedAvg):
             parsed = self._parse_train(msg, node_id, seen, spec)
             if isinstance(parsed, TrainReply) and isinstance(self.privacy, SampleLevelDP):
                 parsed = self.privacy.check_reply(parsed) or parsed
+            if isinstance(parsed, TrainReply) and self.current is not None:
+                parsed = self._stage_check(self.current, parsed)
             if isinstance(parsed, TrainReply):
                 row = updates[len(accepted)]
                 if UPDATE_KEY in parsed.arrays:  # a decoded codec payload: already the update
@@ -841,6 +863,14 @@ class FlExtFedAvg(FedAvg):
                 continue
             accepted.append(parsed)
         return updates, accepted
+
+    def _stage_check(self, rnd: Round, reply: TrainReply) -> TrainReply | Rejection:
+        """The first stage that rejects the reply, in stage order."""
+        for stage in self.stages:
+            rejection = stage.check(rnd, reply)
+            if rejection is not None:
+                return rejection
+        return reply
 
     def _count_upload(self, received: list[Message], sizes: dict[int, int]) -> None:
         """Bytes of the replies that reached the server (``sizes`` by ``id(reply)``)."""

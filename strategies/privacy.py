@@ -196,6 +196,7 @@ class SampleLevelDP:
         self.target_epsilon = target_epsilon
         self.node_keys: dict[int, str] = {}
         self.identity_changed: dict[int, str] = {}  # this round: node -> why its reply is refused
+        self.over_budget: dict[int, str] = {}  # this round: spent past its budget -> not used
         self.exhausted: set[int] = set()
         self.last: dict[str, float] = {}
 
@@ -271,14 +272,22 @@ class SampleLevelDP:
             self.node_keys[node] = key
             claim = metrics.get("dp-epsilon")
             claims[node] = float(claim) if isinstance(claim, (int, float)) else math.nan
-        self.ledger.record_round(server_round, mechanism="dp_sgd", sample_level=spends)
+        # what clients spent is spent: recorded even past a budget (never raised), see below
+        self.ledger.record_round(
+            server_round, mechanism="dp_sgd", sample_level=spends, already_spent=True
+        )
+        self.over_budget = {}
         for node, claimed in claims.items():
             key = self.node_keys[node]
             eps = self.ledger.sample_level_epsilon(key)
             if not math.isclose(claimed, eps, rel_tol=0.01):
                 log(WARNING, "client %s claims epsilon %.4g, ledger %.4g", key, claimed, eps)
-            if self.target_epsilon is not None and eps > self.target_epsilon * (1 + 1e-9):
-                log(WARNING, "client %s spent epsilon %.4g past its budget", key, eps)
+            if self.ledger.sample_level_over_budget(key):
+                self.over_budget[node] = (
+                    f"client {key} spent epsilon {eps:.4g} past its budget {self.target_epsilon}: "
+                    "recorded in the ledger, its update not used, the node not selected again"
+                )
+                log(WARNING, "\t> %s", self.over_budget[node])
                 self.exhausted.add(node)
             elif self.target_epsilon is not None:
                 last = self.ledger.sample_level[key][-1]
@@ -292,7 +301,10 @@ class SampleLevelDP:
         if isinstance(parsed, Rejection):
             return parsed
         changed = self.identity_changed.get(reply.node_id)
-        return Rejection(RejectReason.BAD_METRIC, changed) if changed else None
+        if changed:
+            return Rejection(RejectReason.BAD_METRIC, changed)
+        over = self.over_budget.get(reply.node_id)
+        return Rejection(RejectReason.OVER_BUDGET, over) if over else None
 
     def metrics(self) -> dict[str, float]:
         return {**self.last, **self.ledger.metrics()}

@@ -24,7 +24,7 @@ from fl_ext.validation import (
     check_example_count,
     check_metrics,
 )
-from strategies.records import record_payload, record_to_named
+from flwr_records import record_payload, record_to_named
 
 NUM_EXAMPLES = "num-examples"
 

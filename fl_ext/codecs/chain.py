@@ -21,10 +21,7 @@ class Chain(Codec):
     """
 
     def __init__(self, *, stages: Sequence[Codec | Mapping[str, Any]]) -> None:
-        built = [
-            build_from_spec(s, Codec) if isinstance(s, Mapping) else s  # type: ignore[type-abstract]
-            for s in stages
-        ]
+        built = [build_from_spec(s, Codec) if isinstance(s, Mapping) else s for s in stages]
         if not built or not all(isinstance(s, Codec) for s in built):
             raise ValueError(f"a chain needs one or more codecs, got {built!r}")
         self.stages: list[Codec] = built

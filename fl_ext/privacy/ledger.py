@@ -124,8 +124,16 @@ class PrivacyLedger:
         client_level: GaussianSteps | None = None,
         sample_level: Mapping[str, GaussianSteps] | None = None,
         details: Mapping[str, float | int | str] | None = None,
+        already_spent: bool = False,
     ) -> dict[str, Any]:
-        """Check every spend against its budget, then add them all and persist."""
+        """Check every spend against its budget, then add them all and persist.
+
+        ``already_spent``: the sample-level spends were made by clients before the server
+        saw them (DP-SGD ran on their data): they are recorded whatever the budget says (the
+        ledger must never hide a spend) and the caller decides what to do with the clients
+        that went over (:meth:`sample_level_over_budget`). A client-level spend is the
+        server's own and always checked before it is applied.
+        """
         sample_level = dict(sample_level or {})
         if client_level is not None and not self.client_level_fits(client_level):
             raise BudgetExceeded(
@@ -133,7 +141,7 @@ class PrivacyLedger:
                 f"{self.client_level_epsilon(client_level):.4g} > budget {self.target_epsilon}"
             )
         over = [c for c, e in sample_level.items() if not self.sample_level_fits(c, e)]
-        if over:
+        if over and not already_spent:
             raise BudgetExceeded(
                 f"round {server_round} would exceed the sample-level budget "
                 f"{self.client_target_epsilon} of client(s) {', '.join(sorted(over))}"
@@ -157,6 +165,12 @@ class PrivacyLedger:
         self.rounds.append(record)
         self.save()
         return record
+
+    def sample_level_over_budget(self, client: str) -> bool:
+        """Whether ``client``'s recorded spend is past its sample-level budget."""
+        if self.client_target_epsilon is None:
+            return False
+        return self.sample_level_epsilon(client) > self.client_target_epsilon * (1 + 1e-9)
 
     def metrics(self) -> dict[str, float]:
         """Figures for MLflow, all computed here."""

@@ -11,8 +11,8 @@ from flwr.serverapp import strategy as flower
 
 from fl_ext.params import ParamSpec
 from fl_ext.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
-from strategies.records import named_array_record, record_to_named
 
 START = OrderedDict(
     w=np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32),

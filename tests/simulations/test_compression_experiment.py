@@ -7,11 +7,11 @@ from flwr.clientapp import ClientApp
 from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import resolve_tracking_uri
+from flwr_records import payload_record, record_payload
 from simulations.client_app import app as real_app
 from simulations.config import ConfigError, compose_experiment
 from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
-from strategies.records import payload_record, record_payload
 
 BASE = ["dataset=digits", "model=mlp", "num_rounds=6", "fraction_evaluate=0.0"]
 

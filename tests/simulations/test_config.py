@@ -155,7 +155,8 @@ def test_unknown_key():
         (["+num_round=2"], "unknown key 'num_round' in override '\\+num_round=2'.*'num_rounds'"),
         (["++num_round=2"], "unknown key 'num_round'"),
         (["partition=dirichlet", "+partition.alpah=0.3"], "did you mean 'partition.alpha'"),
-        (["+strategy.proximal_mu=0.1"], "exists only with strategy=fedprox"),
+        (["+partition.alpha=0.3"], "exists only with partition=dirichlet"),
+        (["+strategy.proximal=0.1"], "did you mean 'strategy.proximal_mu'"),
         (["+aggregator.wieghted=true"], "WeightedMean takes no parameter 'wieghted'"),
     ],
 )

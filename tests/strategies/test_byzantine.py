@@ -4,10 +4,10 @@ from flwr.app import ConfigRecord
 
 from fl_ext.aggregators import CoordinateMedian
 from fl_ext.attacks import SignFlip
+from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
 from strategies.byzantine import ByzantineSimulation
-from strategies.records import named_array_record, record_to_named
 
 from .test_fedavg import GLOBAL, make_app, small_ids
 

@@ -9,9 +9,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_ext.compat import CLIENT_INFO, SCHEMA_KEY, VERSION_KEY
+from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
-from strategies import FlExtFedAvg, FlExtFedProx
-from strategies.records import named_array_record, record_to_named
+from strategies import FlExtFedAvg
 from strategies.wire import record_wire_bytes
 
 GLOBAL = OrderedDict(w=np.zeros((3, 4), np.float32), b=np.zeros(4, np.float32))
@@ -246,7 +246,7 @@ def test_selection_is_seeded():
 def test_fedprox_sends_mu_and_fedavg_does_not():
     grid = InProcessGrid(make_app({}), 2, node_ids=small_ids(2))
     prox = list(
-        FlExtFedProx(proximal_mu=0.3).configure_train(
+        FlExtFedAvg(proximal_mu=0.3).configure_train(
             1, named_array_record(GLOBAL), ConfigRecord(), grid
         )
     )
@@ -272,7 +272,7 @@ def test_fedprox_sends_mu_and_fedavg_does_not():
 )
 def test_bad_parameters_fail_at_construction(kwargs):
     with pytest.raises(ValueError):
-        FlExtFedProx(**kwargs)
+        FlExtFedAvg(**kwargs)
 
 
 def test_robust_rule_ignores_a_huge_update_that_the_mean_would_follow():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
+from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
 from strategies.exchange import exchange
-from strategies.records import named_array_record, record_to_named
 from strategies.stragglers import MeasuredStragglers
 
 from .test_fedavg import GLOBAL, expected_mean, make_app, small_ids

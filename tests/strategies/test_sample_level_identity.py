@@ -46,3 +46,22 @@ def test_a_node_that_changes_its_claimed_client_is_refused_and_still_charged():
     honest_msg, honest = _reply(7, 0)
     dp.record(3, [honest_msg])
     assert dp.check_reply(honest) is None
+
+
+def test_a_spend_past_the_budget_is_recorded_never_raised_and_its_update_not_used():
+    """The client already spent it: the ledger records it; the reply is refused as over_budget."""
+    from fl_ext.validation import RejectReason
+
+    dp = SampleLevelDP(
+        ledger=PrivacyLedger(accountant="rdp", delta=1e-5, client_target_epsilon=1.0),
+        max_grad_norm=1.0,
+        planned_rounds=3,
+        noise_multiplier=1.0,
+        target_epsilon=1.0,
+    )
+    msg, reply = _reply(7, 0)  # sigma 1, q 0.1, 10 steps: epsilon well above 1
+    dp.record(1, [msg])  # no BudgetExceeded out of aggregation
+    assert dp.ledger.sample_level_epsilon("0") > 1.0  # the spend is in the ledger
+    rejection = dp.check_reply(reply)
+    assert rejection is not None and rejection.reason is RejectReason.OVER_BUDGET
+    assert 7 in dp.exhausted

@@ -6,9 +6,9 @@ from flwr.app import ConfigRecord, MetricRecord
 
 from fl_ext.early_stopping import EarlyStopping
 from fl_ext.server_opt import FedAdam, FedAvgM
+from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
-from strategies.records import named_array_record, record_to_named
 
 from .test_fedavg import GLOBAL, expected_mean, make_app, small_ids
 

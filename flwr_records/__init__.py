@@ -1,4 +1,9 @@
-"""Named numpy arrays <-> Flower ArrayRecord, keeping names and order."""
+"""Flower record formats shared by the server (strategies/) and the clients (clients/).
+
+Named numpy arrays <-> Flower ArrayRecord, keeping names and order, and a codec payload as one
+byte-frame array. This package sits below both sides so that clients/ never imports
+strategies/ (the import-layer contract in pyproject.toml).
+"""
 
 from __future__ import annotations
 
