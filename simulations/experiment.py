@@ -522,12 +522,13 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
             signature=saver.signatures.get(last_round, "none"),
             aliases=(),
         )
-        log.warning(
-            "%s: %s v%s registered with no alias; @final and @best stay where they are",
-            why_not[0].upper() + why_not[1:],
-            registered,
-            version,
-        )
+        if version is not None:
+            log.warning(
+                "%s: %s v%s registered with no alias; @final and @best stay where they are",
+                why_not[0].upper() + why_not[1:],
+                registered,
+                version,
+            )
         tracker.set_tags({**run_tags, "registered_version": str(version)})
         return
     takes_best, why = _best_verdict(
@@ -542,6 +543,10 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         signature=saver.signatures.get(last_round, "none"),
         aliases=("final", "best") if best_is_final and takes_best else ("final",),
     )
+    if version is None:  # tracking=none or tracking.register_model=false: nothing registered
+        tracker.set_tags({**run_tags, "registered_version": "none"})
+        log.info("Final test accuracy %.4f; model not registered (registry off)", final_acc)
+        return
     tracker.set_tags({**run_tags, "registered_version": str(version), "registry.best": why})
     if takes_best and not best_is_final:
         set_weights(built.model, saver.best_arrays)
