@@ -119,6 +119,12 @@ def compose_experiment(
             raise ConfigError(
                 f"unknown key {key!r}{override_check.suggestion(key, conf_dir)}"
             ) from err
+        missing = re.search(r"Could not (?:load|find) '([\w-]+)/([\w-]+)'", str(err))
+        if missing:  # one line: Hydra adds its whole config search path
+            group, option = missing.groups()
+            raise ConfigError(
+                f"unknown option {group}={option}.{_options_hint(str(err), conf_dir)}"
+            ) from err
         raise ConfigError(
             f"invalid overrides {list(overrides)}: {err}{_options_hint(str(err), conf_dir)}"
         ) from err
@@ -128,11 +134,11 @@ def compose_experiment(
 
 def _options_hint(message: str, conf_dir: Path) -> str:
     """Hydra lists the options of a group it could not find, but not for list groups."""
-    match = re.search(r"Could not load '([\w-]+)/([\w-]+)'", message)
+    match = re.search(r"Could not (?:load|find) '([\w-]+)/([\w-]+)'", message)
     if not match:
         return ""
     options = sorted(p.stem for p in (conf_dir / match.group(1)).glob("*.yaml"))
-    return f"\nAvailable options in '{match.group(1)}': {', '.join(options)}"
+    return f" Available options in '{match.group(1)}': {', '.join(options)}"
 
 
 def _require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:
