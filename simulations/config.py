@@ -123,22 +123,17 @@ def compose_experiment(
         if missing:  # one line: Hydra adds its whole config search path
             group, option = missing.groups()
             raise ConfigError(
-                f"unknown option {group}={option}.{_options_hint(str(err), conf_dir)}"
+                f"unknown option {group}={option}. {_available_options(group, conf_dir)}"
             ) from err
-        raise ConfigError(
-            f"invalid overrides {list(overrides)}: {err}{_options_hint(str(err), conf_dir)}"
-        ) from err
+        raise ConfigError(f"invalid overrides {list(overrides)}: {err}") from err
     check_config(cfg)
     return Experiment(cfg=cfg, choices=choices)
 
 
-def _options_hint(message: str, conf_dir: Path) -> str:
-    """Hydra lists the options of a group it could not find, but not for list groups."""
-    match = re.search(r"Could not (?:load|find) '([\w-]+)/([\w-]+)'", message)
-    if not match:
-        return ""
-    options = sorted(p.stem for p in (conf_dir / match.group(1)).glob("*.yaml"))
-    return f" Available options in '{match.group(1)}': {', '.join(options)}"
+def _available_options(group: str, conf_dir: Path) -> str:
+    """The options of ``group`` (Hydra lists them, but not for list groups such as preagg)."""
+    options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    return f"Available options in '{group}': {', '.join(options)}"
 
 
 def _require(cfg: DictConfig, key: str, ok: bool, allowed: str) -> None:

@@ -431,7 +431,7 @@ class FlExtFedAvg(FedAvg):
         self._count_upload(clock.arrived if clock else replies, sizes)
         if clock is not None:
             replies = clock.kept
-        updates, accepted = self._collect_updates(replies, spec, global_flat)
+        updates, accepted = self._collect_updates(rnd, replies)
         self._update_registry(
             server_round, accepted, clock.durations if clock else rnd.reply_seconds
         )
@@ -824,13 +824,11 @@ class FlExtFedAvg(FedAvg):
         return self.aggregation(stacked, None, state)
 
     def _collect_updates(
-        self,
-        replies: list[Message],
-        spec: ParamSpec,
-        global_flat: torch.Tensor,
+        self, rnd: Round, replies: list[Message]
     ) -> tuple[torch.Tensor, list[TrainReply]]:
         """Check every reply; rows ``[:len(accepted)]`` of the result are the valid updates."""
-        rlog = self.round_log
+        spec, global_flat = rnd.spec, rnd.global_flat
+        rlog = rnd.log
         updates = torch.empty((len(replies), spec.size), dtype=torch.float32)
         accepted: list[TrainReply] = []
         seen: set[int] = set()
@@ -849,8 +847,8 @@ class FlExtFedAvg(FedAvg):
             parsed = self._parse_train(msg, node_id, seen, spec)
             if isinstance(parsed, TrainReply) and isinstance(self.privacy, SampleLevelDP):
                 parsed = self.privacy.check_reply(parsed) or parsed
-            if isinstance(parsed, TrainReply) and self.current is not None:
-                parsed = self._stage_check(self.current, parsed)
+            if isinstance(parsed, TrainReply):
+                parsed = self._stage_check(rnd, parsed)
             if isinstance(parsed, TrainReply):
                 row = updates[len(accepted)]
                 if UPDATE_KEY in parsed.arrays:  # a decoded codec payload: already the update

@@ -31,17 +31,12 @@ def epsilon_of(m: dict[str, float]) -> float | None:
     return None
 
 
+# replies a round could not use, as the round line and the summary count them
+PROBLEMS = ("clients_rejected", "clients_failed", "clients_late", "clients_dropped")
+
+
 def _problems(m: dict[str, float]) -> list[str]:
-    parts = []
-    for key, word in (
-        ("clients_rejected", "rejected"),
-        ("clients_failed", "failed"),
-        ("clients_late", "late"),
-        ("clients_dropped", "dropped"),
-    ):
-        if m.get(key):
-            parts.append(f"{int(m[key])} {word}")
-    return parts
+    return [f"{int(m[k])} {k.removeprefix('clients_')}" for k in PROBLEMS if m.get(k)]
 
 
 def progress_line(m: dict[str, float], *, eta_s: float | None = None) -> str:
@@ -87,7 +82,7 @@ class RunSummary:
         self.rounds += 1
         self.skipped += int(bool(m.get("round_skipped")))
         self.seconds += float(m.get("round_time_s", 0.0))
-        for key in ("clients_rejected", "clients_failed", "clients_late", "clients_dropped"):
+        for key in PROBLEMS:
             self.counts[key] = self.counts.get(key, 0) + int(m.get(key, 0))
         self.last = m
         acc = m.get("test_accuracy")
