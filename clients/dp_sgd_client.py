@@ -44,6 +44,27 @@ def _total_steps(history: list[GaussianSteps]) -> int:
     return sum(h.steps for h in history)
 
 
+def client_history(state: RecordDict, config: dict[str, Any], client: str) -> list[GaussianSteps]:
+    """The client's spend so far: its own (``state``) or the server ledger's, the longer one.
+
+    ``dp-spent`` (the ledger's history of every client, JSON) lets a restarted run -- fresh
+    ``context.state`` -- go on from what was spent.
+    """
+    local: list[GaussianSteps] = []
+    if STATE_KEY in state:
+        raw = state[STATE_KEY]
+        assert isinstance(raw, ConfigRecord)
+        local = [GaussianSteps.from_list(e) for e in json.loads(str(raw["history"]))]
+    spent = json.loads(str(config.get("dp-spent", "{}"))).get(client, [])
+    server = [GaussianSteps.from_list(e) for e in spent]
+    return server if _total_steps(server) > _total_steps(local) else local
+
+
+def save_history(state: RecordDict, history: list[GaussianSteps]) -> None:
+    """Persist the client's spend in the node's ``context.state``."""
+    state[STATE_KEY] = ConfigRecord({"history": json.dumps([h.as_list() for h in history])})
+
+
 class DpSgdClient(SgdClient):
     """SgdClient whose local training is DP-SGD; see the module docstring."""
 
@@ -52,14 +73,7 @@ class DpSgdClient(SgdClient):
         self.state = state
 
     def _history(self, config: dict[str, Any]) -> list[GaussianSteps]:
-        local: list[GaussianSteps] = []
-        if STATE_KEY in self.state:
-            raw = self.state[STATE_KEY]
-            assert isinstance(raw, ConfigRecord)
-            local = [GaussianSteps.from_list(e) for e in json.loads(str(raw["history"]))]
-        spent = json.loads(str(config.get("dp-spent", "{}"))).get(str(self.partition_id), [])
-        server = [GaussianSteps.from_list(e) for e in spent]
-        return server if _total_steps(server) > _total_steps(local) else local
+        return client_history(self.state, config, str(self.partition_id))
 
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Any]
@@ -77,9 +91,7 @@ class DpSgdClient(SgdClient):
             self.model, self.train, train=train, dp=dp, history=history, noise_multiplier=sigma
         )
         history.append(entry)
-        self.state[STATE_KEY] = ConfigRecord(
-            {"history": json.dumps([h.as_list() for h in history])}
-        )
+        save_history(self.state, history)
         metrics = {
             "train_loss": stats.loss,
             "compute_time_s": time.perf_counter() - started,

@@ -10,17 +10,28 @@ same reply checks as any other update.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from fl_ext.attacks import CLIENT_ROLES, ROLE_KEY, LineSearch, OmniscientAttack
+from fl_ext.attacks import CLIENT_ROLES, ROLE_KEY, OmniscientAttack
 from fl_ext.rng_state import restore_rng, rng_state
+from fl_ext.validation import check_update_norm, update_norm
+from strategies.replies import TrainReply
+from strategies.round import Round
+from strategies.stage import ConfigValue, Stage
 
 
-class ByzantineSimulation:
-    """Which nodes are Byzantine (fixed for the run, from ``seed``) and what they do."""
+class ByzantineSimulation(Stage):
+    """Which nodes are Byzantine (fixed for the run, from ``seed``) and what they do.
+
+    An omniscient attack needs the round's individual updates (it replaces the Byzantine
+    rows by crafted ones in ``transform``); a client role needs fl-ext clients (they are
+    told their role in the train config).
+    """
+
+    name = "byzantine"
 
     def __init__(
         self,
@@ -52,6 +63,45 @@ class ByzantineSimulation:
         self.seed = seed
         self.byzantine: frozenset[int] | None = None
         self._generator = torch.Generator().manual_seed(seed + 7919)
+        self.requires = frozenset({"individual_updates"} if omniscient is not None else ())
+        self.needs_fl_ext_client = client_role is not None
+
+    def eligible(self, rnd: Round, nodes: list[int]) -> list[int]:
+        self.designate(nodes)  # once, from the first round's eligible nodes
+        return nodes
+
+    def node_entries(self, rnd: Round, node: int) -> dict[str, ConfigValue]:
+        return dict(self.config_for(node))
+
+    def transform(
+        self, rnd: Round, updates: torch.Tensor, accepted: list[TrainReply]
+    ) -> tuple[torch.Tensor, list[TrainReply]]:
+        """Replace the Byzantine rows by crafted updates, then check those like any reply."""
+        byz = [i for i, r in enumerate(accepted) if self.is_byzantine(r.node_id)]
+        honest = [i for i, r in enumerate(accepted) if not self.is_byzantine(r.node_id)]
+        rnd.log.byzantine = len(byz)
+        if self.omniscient is None or not byz or not honest:
+            return updates, accepted
+        if rnd.preview is not None:
+            self.omniscient.bind(rnd.preview)
+        crafted = self.craft(updates[honest], len(byz))
+        keep = list(honest)
+        for row, i in zip(crafted, byz, strict=True):
+            updates[i] = row
+            finite = bool(torch.isfinite(row).all())
+            rejection = check_update_norm(
+                update_norm(row) if finite else float("nan"), rnd.max_update_norm
+            )
+            if rejection:
+                rnd.reject(accepted[i].node_id, rejection)
+            else:
+                keep.append(i)
+        keep.sort()
+        return updates[keep], [accepted[i] for i in keep]
+
+    def summary(self) -> str:
+        what = type(self.omniscient).__name__ if self.omniscient else self.client_role
+        return f"simulated attack: {self.num_byzantine} Byzantine nodes, {what}"
 
     def designate(self, node_ids: Iterable[int]) -> frozenset[int]:
         """Choose the Byzantine nodes once, deterministically from the sorted ids and the seed."""
@@ -78,13 +128,8 @@ class ByzantineSimulation:
         """The attack's random generator (the designated nodes follow from the seed)."""
         return {"generator": rng_state(self._generator)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         restore_rng(self._generator, state["generator"])
-
-    def bind(self, aggregate: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Let an optimized attack evaluate the server's own aggregation."""
-        if isinstance(self.omniscient, LineSearch):
-            self.omniscient.bind(aggregate)
 
     def craft(self, honest: torch.Tensor, count: int) -> torch.Tensor:
         """``count`` crafted updates from the honest ones (omniscient attacks only)."""

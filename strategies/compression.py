@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -19,10 +18,20 @@ from fl_ext.params import ParamSpec
 from fl_ext.selection.network import SimulatedNetwork
 from fl_ext.specs import spec_to_json
 from flwr_records import payload_record, record_to_named
+from strategies.decoding import Decoder
+from strategies.round import Round
+from strategies.stage import ConfigValue
 
 
-class Compression:
-    """Uplink codec (client updates), optional downlink codec (global model), error feedback."""
+class Compression(Decoder):
+    """Uplink codec (client updates), optional downlink codec (global model), error feedback.
+
+    It fills the decoder slot: each reply is checked against, and decoded with, the codec its
+    node was told to use.
+    """
+
+    name = "compression"
+    needs_fl_ext_client = True
 
     def __init__(
         self,
@@ -39,8 +48,9 @@ class Compression:
         self.error_feedback = bool(error_feedback)
         self.seed = int(seed)
 
-    def train_entries(self, server_round: int) -> dict[str, Any]:
-        entries: dict[str, Any] = {
+    def entries(self, rnd: Round) -> dict[str, ConfigValue]:
+        server_round = rnd.number
+        entries: dict[str, ConfigValue] = {
             "codec-up": spec_to_json(self.uplink.spec()),
             "codec-ef": self.error_feedback,
             "codec-seed": self.seed * 1_000_003 + server_round,
@@ -49,19 +59,13 @@ class Compression:
             entries["codec-down"] = spec_to_json(self.downlink.spec())
         return entries
 
-    def node_entries(self, node: int, server_round: int) -> dict[str, Any]:
-        """Per-node overrides of the train config (none: every node uses the same codec)."""
-        return {}
-
-    def uplink_for(self, node: int) -> Codec:
+    def codec_for(self, node: int) -> Codec:
         """The codec ``node`` was told to encode with this round."""
         return self.uplink
 
-    def metrics(self) -> dict[str, float]:
-        return {}
-
-    def broadcast(self, arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+    def broadcast(self, rnd: Round, arrays: ArrayRecord) -> ArrayRecord:
         """The global model as sent: the downlink codec's payload, or as is."""
+        server_round = rnd.number
         if self.downlink is None:
             return arrays
         named = record_to_named(arrays)
@@ -73,6 +77,9 @@ class Compression:
         down = f", downlink {self.downlink!r}" if self.downlink is not None else ""
         ef = " with error feedback" if self.error_feedback else ""
         return f"uplink {self.uplink!r}{ef}{down}"
+
+    def summary(self) -> str:
+        return f"compression: {self.describe()}"
 
 
 @dataclass(frozen=True)
@@ -141,22 +148,27 @@ class AdaptiveCompression(Compression):
         mbps = self.bandwidth(node)
         return next(t for t in self.tiers if t.max_mbps is None or mbps <= t.max_mbps)
 
-    def node_entries(self, node: int, server_round: int) -> dict[str, Any]:
+    def node_entries(self, rnd: Round, node: int) -> dict[str, ConfigValue]:
         tier = self.tier(node)
         self._assigned[node] = tier
-        entries: dict[str, Any] = {"codec-up": spec_to_json(tier.uplink.spec())}
+        entries: dict[str, ConfigValue] = {"codec-up": spec_to_json(tier.uplink.spec())}
         if tier.local_epochs is not None:
             entries["local-epochs"] = int(tier.local_epochs)
         return entries
 
-    def uplink_for(self, node: int) -> Codec:
+    def codec_for(self, node: int) -> Codec:
         tier = self._assigned.get(node)
         return tier.uplink if tier is not None else self.uplink
 
-    def record_upload(self, node: int, nbytes: int) -> None:
-        self._upload_s.append(nbytes * 8 / (self.bandwidth(node) * 1e6))
+    def on_replies(self, rnd: Round) -> None:
+        """Simulated upload time of every reply that reached the server."""
+        for msg in rnd.arrived:
+            nbytes = rnd.reply_bytes.get(id(msg))
+            if nbytes is not None:
+                bandwidth = self.bandwidth(msg.metadata.src_node_id)
+                self._upload_s.append(nbytes * 8 / (bandwidth * 1e6))
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, rnd: Round) -> dict[str, float]:
         out = {
             f"clients_tier{i}": float(sum(t is tier for t in self._assigned.values()))
             for i, tier in enumerate(self.tiers)

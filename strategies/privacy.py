@@ -1,10 +1,12 @@
 """The strategy's privacy side: client-level DP (server mechanism) or sample-level DP-SGD.
 
-Both keep one :class:`PrivacyLedger` (the only source of epsilon figures) and give the strategy
-the same hooks: ``stop_reason`` before a round (check), ``eligible`` nodes for selection,
-``train_entries`` for the train ConfigRecord, and a per-round record after aggregation (apply,
-record). Client-level DP replaces the aggregation rule by the Gaussian mechanism on clipped
-updates and selects clients by Poisson sampling, so subsampling amplification applies.
+Both keep one :class:`PrivacyLedger` (the only source of epsilon figures) and are stages
+(:mod:`strategies.stage`): ``stop_reason`` before a round (check), then a record of every
+spend (apply, record). Client-level DP fills two slots: the sampler (Poisson sampling, so
+subsampling amplification applies) and the aggregation (the Gaussian mechanism on clipped
+updates). Sample-level DP-SGD runs in the clients; its stage filters exhausted clients,
+sends the DP-SGD settings, records what every client that trained spent, and refuses updates
+whose spend cannot be attributed or went past the budget.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import torch
 from flwr.app import Message
 from flwr.supercore import log
 
-from fl_ext.aggregators import RobustAggregation, WeightedMean
 from fl_ext.privacy import (
     AdaptiveClipping,
     ClientLevelGaussian,
@@ -29,14 +30,24 @@ from fl_ext.privacy import (
     PrivacyLedger,
 )
 from fl_ext.privacy.accountants import merged_history
+from fl_ext.refusals import DECLINED
 from fl_ext.rng_state import restore_rng, rng_state
 from fl_ext.validation import Rejection, RejectReason
-from strategies.replies import TrainReply
+from strategies.aggregation import Aggregation
+from strategies.replies import TrainReply, reported_metrics
+from strategies.round import Round
+from strategies.sampling import OverSelect, Sampler
+from strategies.stage import ConfigValue, Stage
 
 
-class ClientLevelDP:
-    """DP-FedAvg at the server: Poisson client sampling at ``sample_rate``, clip, noise."""
+class ClientLevelDP(Sampler, Aggregation):
+    """DP-FedAvg at the server: Poisson client sampling at ``sample_rate``, clip, noise.
 
+    It takes the sampler and the aggregation slots; a robust rule or pre-aggregation cannot
+    share the aggregation slot with it (the mechanism's sensitivity is that of the mean).
+    """
+
+    name = "privacy"
     mode = "client_level"
 
     def __init__(
@@ -70,7 +81,7 @@ class ClientLevelDP:
         """Clip and the sampling generator; never the noise generator (see ``reseed_noise``)."""
         return {"clip": self.clip, "rng": rng_state(self.rng)}
 
-    def load_state_dict(self, state: dict[str, Any], *, first_round: int) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         """Restore, and draw the coming rounds' noise from a new seed.
 
         Restoring the noise generator would repeat noise already drawn for other rounds
@@ -90,20 +101,11 @@ class ClientLevelDP:
         )
         self.generator = torch.Generator().manual_seed(seed)
 
-    def check_aggregation(self, aggregation: RobustAggregation) -> None:
-        """The mechanism replaces the rule: only the plain mean without pre-aggregation fits."""
-        if aggregation.preagg or not isinstance(aggregation.rule, WeightedMean):
-            raise ValueError(
-                "client-level DP replaces the aggregation rule by its Gaussian mechanism; it "
-                f"cannot be combined with {aggregation.describe()} (use aggregator=mean, "
-                "preagg=[])"
-            )
-
     def entry(self) -> GaussianSteps:
         """One round: the Poisson-subsampled Gaussian mechanism, once."""
         return GaussianSteps(self.noise_multiplier, self.sample_rate, 1)
 
-    def stop_reason(self, server_round: int, available: Sequence[int]) -> str | None:
+    def stop_reason(self, server_round: int, nodes: Sequence[int]) -> str | None:
         """Why training must stop before this round (the budget), or None."""
         if self.ledger.client_level_fits(self.entry()):
             return None
@@ -113,20 +115,36 @@ class ClientLevelDP:
             f"{self.ledger.target_epsilon} (delta {self.ledger.delta:g}); stopped before it"
         )
 
-    def select(self, available: Sequence[int]) -> list[int]:
-        """Each node independently with probability q (Poisson sampling)."""
-        nodes = sorted(available)
+    def sample(self, rnd: Round, eligible: list[int], *, over_select: OverSelect) -> list[int]:
+        """Each node independently with probability q (Poisson sampling), all waited for."""
+        nodes = sorted(eligible)
         draws = self.rng.random(len(nodes))
-        return [n for n, u in zip(nodes, draws, strict=True) if u < self.sample_rate]
+        selected = [n for n, u in zip(nodes, draws, strict=True) if u < self.sample_rate]
+        rnd.needed = len(selected)  # no over-selection: every sampled node is waited for
+        return selected
 
-    def train_entries(self) -> dict[str, Any]:
-        return {}
+    def sample_size(self, num_nodes: int) -> int:
+        return round(self.sample_rate * num_nodes)
+
+    def min_inputs(self) -> int:
+        return 0  # every round is released and accounted, even with few replies
+
+    def preview(self, rnd: Round, stacked: torch.Tensor) -> torch.Tensor:
+        """The mean of the clipped updates (the mechanism without its noise)."""
+        norms = torch.linalg.vector_norm(stacked.double(), dim=1).clamp(min=1e-12)
+        scale = (self.clip / norms).clamp(max=1.0).to(stacked.dtype)
+        mean: torch.Tensor = (stacked * scale[:, None]).mean(dim=0)
+        return mean
+
+    def describe(self) -> str:
+        return "client-level DP (Gaussian mechanism)"
 
     def aggregate(
-        self, server_round: int, updates: torch.Tensor, num_available: int
+        self, rnd: Round, updates: torch.Tensor, accepted: list[TrainReply]
     ) -> torch.Tensor:
         """Noised average of the clipped updates; records the spend in the ledger."""
-        expected = self.sample_rate * num_available
+        server_round = rnd.number
+        expected = self.sample_rate * len(rnd.available)
         mechanism = ClientLevelGaussian(self.noise_multiplier, expected, self.adaptive)
         delta, next_clip, figures = mechanism(updates, self.clip, self.generator)
         details = {
@@ -145,8 +163,14 @@ class ClientLevelDP:
         self.last = {k: float(v) for k, v in details.items()}
         return delta
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, rnd: Round) -> dict[str, float]:
         return {**self.last, **self.ledger.metrics()}
+
+    def summary(self) -> str:
+        return (
+            f"client-level DP: q {self.sample_rate:g}, clip {self.clip:g}, "
+            f"sigma {self.noise_multiplier:g}"
+        )
 
 
 def parse_dp_metrics(m: Mapping[str, Any]) -> tuple[str, GaussianSteps] | Rejection:
@@ -165,10 +189,12 @@ def parse_dp_metrics(m: Mapping[str, Any]) -> tuple[str, GaussianSteps] | Reject
     return str(client), entry
 
 
-class SampleLevelDP:
+class SampleLevelDP(Stage):
     """DP-SGD in every client; the server records spends, skips clients whose budget is spent."""
 
+    name = "privacy"
     mode = "dp_sgd"
+    needs_fl_ext_client = True
 
     def __init__(
         self,
@@ -183,7 +209,7 @@ class SampleLevelDP:
         if noise_multiplier is None and target_epsilon is None:
             raise ValueError("DP-SGD needs privacy.noise_multiplier or privacy.target_epsilon")
         self.ledger = ledger
-        self.entries = {
+        self.settings: dict[str, ConfigValue] = {
             "dp-mode": "dp_sgd",
             "dp-max-grad-norm": float(max_grad_norm),
             "dp-delta": ledger.delta,
@@ -200,26 +226,23 @@ class SampleLevelDP:
         self.exhausted: set[int] = set()
         self.last: dict[str, float] = {}
 
-    def check_aggregation(self, aggregation: RobustAggregation) -> None:
-        """DP-SGD happens in the clients: any rule may aggregate their updates."""
-
-    def stop_reason(self, server_round: int, available: Sequence[int]) -> str | None:
-        if available and all(n in self.exhausted for n in available):
+    def stop_reason(self, server_round: int, nodes: Sequence[int]) -> str | None:
+        if nodes and all(n in self.exhausted for n in nodes):
             return (
                 f"privacy budget reached: every client's sample-level budget "
                 f"{self.target_epsilon} is spent; stopped before round {server_round}"
             )
         return None
 
-    def select(self, available: Sequence[int]) -> list[int]:
-        """Nodes whose budget is not known to be spent (the base selector then picks)."""
-        return [n for n in available if n not in self.exhausted]
+    def eligible(self, rnd: Round, nodes: list[int]) -> list[int]:
+        """Nodes whose budget is not known to be spent (the sampler then picks)."""
+        return [n for n in nodes if n not in self.exhausted]
 
-    def train_entries(self) -> dict[str, Any]:
+    def entries(self, rnd: Round) -> dict[str, ConfigValue]:
         spent = {
             c: [e.as_list() for e in merged_history(h)] for c, h in self.ledger.sample_level.items()
         }
-        return {**self.entries, "dp-spent": json.dumps(spent)}
+        return {**self.settings, "dp-spent": json.dumps(spent)}
 
     def state_dict(self) -> dict[str, Any]:
         """Nodes known to be spent and the node -> client key map."""
@@ -228,16 +251,23 @@ class SampleLevelDP:
             "node_keys": {str(n): k for n, k in self.node_keys.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any], *, first_round: int) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         self.exhausted = {int(n) for n in state["exhausted"]}
         self.node_keys = {int(n): str(k) for n, k in state["node_keys"].items()}
 
     def reseed_noise(self, first_round: int) -> None:
         """Nothing to do: the clients draw the DP-SGD noise."""
 
-    def declined(self, node_id: int, reason: str) -> None:
-        self.exhausted.add(node_id)
-        log(INFO, "\t> node %d declined: %s", node_id, reason)
+    def on_error(self, rnd: Round, node: int, code: int, reason: str) -> bool:
+        """A client that declined to train (its budget is spent) is not asked again."""
+        if code != DECLINED:
+            return False
+        self.exhausted.add(node)
+        log(INFO, "\t> node %d declined: %s", node, reason)
+        return True
+
+    def on_replies(self, rnd: Round) -> None:
+        self.record(rnd.number, rnd.replies)
 
     def record(self, server_round: int, replies: list[Message]) -> None:
         """Add the spend of every client that trained this round to the ledger.
@@ -250,9 +280,9 @@ class SampleLevelDP:
         claims: dict[int, float] = {}
         self.identity_changed = {}
         for msg in replies:
-            if not (msg.has_content() and "metrics" in msg.content):
+            metrics = reported_metrics(msg)
+            if not metrics:
                 continue
-            metrics = dict(msg.content["metrics"])
             parsed = parse_dp_metrics(metrics)
             if isinstance(parsed, Rejection):
                 continue  # rejected as a reply; nothing trustworthy to record
@@ -295,7 +325,7 @@ class SampleLevelDP:
                     self.exhausted.add(node)  # its next round would not fit
         self.last = {"dp_clients_exhausted": float(len(self.exhausted))}
 
-    def check_reply(self, reply: TrainReply) -> Rejection | None:
+    def check(self, rnd: Round, reply: TrainReply) -> Rejection | None:
         """Unusable DP figures, or a node that changed the client identity it reports."""
         parsed = parse_dp_metrics(reply.metrics)
         if isinstance(parsed, Rejection):
@@ -306,8 +336,11 @@ class SampleLevelDP:
         over = self.over_budget.get(reply.node_id)
         return Rejection(RejectReason.OVER_BUDGET, over) if over else None
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, rnd: Round) -> dict[str, float]:
         return {**self.last, **self.ledger.metrics()}
+
+    def summary(self) -> str:
+        return f"sample-level DP-SGD in the clients, target epsilon {self.target_epsilon}"
 
 
 PrivacyPlan = ClientLevelDP | SampleLevelDP

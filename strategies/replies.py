@@ -125,6 +125,23 @@ def parse_train_reply(
     return TrainReply(msg.metadata.src_node_id, arrays, num_examples, metrics)
 
 
+def reported_metrics(msg: Message) -> dict[str, Any]:
+    """The metrics of a reply's single MetricRecord as reported (unchecked), or {}.
+
+    For what must count even when a reply is later rejected or arrives late: a DP-SGD client's
+    privacy spend, the compute time the clock models a device's speed from.
+    """
+    if not (msg.has_content() and "metrics" in msg.content):
+        return {}
+    return dict(msg.content["metrics"])
+
+
+def reported_loss(reply: TrainReply) -> float | None:
+    """The reply's ``train_loss`` if usable (a plain Flower client may not report one)."""
+    loss = reply.metrics.get("train_loss")
+    return float(loss) if isinstance(loss, int | float) and loss >= 0 else None
+
+
 def check_client_info(msg: Message, server_version: str, schema: str) -> Rejection | None:
     """The reply must say which fl-ext version and model schema produced it, both compatible."""
     info = msg.content.config_records.get(CLIENT_INFO)

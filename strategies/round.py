@@ -10,13 +10,18 @@ whether the strategy's own loop or Flower's ``Strategy.start`` drives them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from logging import WARNING
 
 import numpy as np
 import torch
+from flwr.app import Message
+from flwr.supercore import log
 
 from fl_ext.compat import schema_hash
 from fl_ext.params import ParamSpec
+from fl_ext.validation import Rejection
 from strategies.round_log import RoundLog
 
 
@@ -36,9 +41,23 @@ class Round:
     epochs: dict[int, int] = field(default_factory=dict)  # local epochs asked per node
     reply_seconds: dict[int, float] = field(default_factory=dict)  # measured, push to pull
     left_in_flight: int = 0  # messages not answered when the train exchange stopped
+    replies: list[Message] = field(default_factory=list)  # every train reply that came back
+    arrived: list[Message] = field(default_factory=list)  # those that reached the server (clock)
+    reply_bytes: dict[int, int] = field(default_factory=dict)  # wire size by id(reply)
+    durations: dict[int, float] = field(default_factory=dict)  # round time per answering node
+    max_update_norm: float | None = None  # an update with a larger L2 norm is rejected
+    reference: torch.Tensor | None = None  # the server's own update (FLTrust), if made
+    # the aggregation as an omniscient attacker evaluates it (its state untouched)
+    preview: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
-    def start(cls, number: int, global_named: OrderedDict[str, np.ndarray]) -> Round:
+    def start(
+        cls,
+        number: int,
+        global_named: OrderedDict[str, np.ndarray],
+        *,
+        max_update_norm: float | None = None,
+    ) -> Round:
         """A fresh round from the global model it trains."""
         spec = ParamSpec.of(global_named)
         schema = schema_hash(global_named)
@@ -49,4 +68,10 @@ class Round:
             global_flat=spec.flatten(global_named),
             schema=schema,
             log=RoundLog(number),
+            max_update_norm=max_update_norm,
         )
+
+    def reject(self, node: int, rejection: Rejection) -> None:
+        """Count and log a refused reply (the reason is in the round's metrics)."""
+        self.log.rejected[rejection.reason.value] += 1
+        log(WARNING, "\t> reply from node %d rejected: %s", node, rejection)

@@ -28,6 +28,9 @@ import numpy as np
 from flwr.app import Message
 
 from fl_ext.selection.network import SimulatedNetwork
+from strategies.replies import reported_metrics
+from strategies.round import Round
+from strategies.stage import Stage
 
 _HISTORY = 1000  # past arrival times kept for the adaptive deadline
 
@@ -48,8 +51,14 @@ class ClockRound:
     completed: int = 0  # updates kept for aggregation (``kept`` also passes error replies on)
 
 
-class RoundPolicy:
-    """Over-selection, deadline, partial aggregation and fallback on arrival times (shared)."""
+class RoundPolicy(Stage):
+    """Over-selection, deadline, partial aggregation and fallback on arrival times (shared).
+
+    The clock: the driver asks it how long to wait (``exchange_limits``), the engine which
+    replies count (``close``); as a stage it filters nodes that are offline this round.
+    """
+
+    name = "stragglers"
 
     def __init__(
         self,
@@ -87,6 +96,12 @@ class RoundPolicy:
         """Whether a node may be selected this round (simulated availability)."""
         return True
 
+    def eligible(self, rnd: Round, nodes: list[int]) -> list[int]:
+        return [n for n in nodes if self.online(n, rnd.number)]
+
+    def metrics(self, rnd: Round) -> dict[str, float]:
+        return {"sim_time_s": self.sim_time_s} if self.simulated else {}
+
     def asked(self, needed: int, available: int) -> int:
         """How many nodes to select so that ``needed`` replies arrive despite dropouts."""
         return min(available, math.ceil(self.over_selection * needed))
@@ -102,19 +117,15 @@ class RoundPolicy:
         """``(stop after this many replies, wait at most)`` for the train exchange."""
         return None, timeout  # the virtual clock decides afterwards: collect every reply
 
-    def close(
-        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
-        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
-        measured: dict[int, float] | None = None, in_flight: int = 0,
-    ) -> ClockRound:  # fmt: skip
-        """Which replies count this round (see the subclasses)."""
+    def close(self, rnd: Round) -> ClockRound:
+        """Which of ``rnd.replies`` count this round (see the subclasses)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """The clock and the arrival history (the network's draws are keyed by node and round)."""
         return {"history": list(self.history), "sim_time_s": self.sim_time_s}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         self.history = [float(t) for t in state["history"]][-_HISTORY:]
         self.sim_time_s = float(state["sim_time_s"])
 
@@ -188,11 +199,13 @@ class StragglerPolicy(RoundPolicy):
     def online(self, node_id: int, server_round: int) -> bool:
         return self.network.online(node_id, server_round)
 
+    provides = frozenset({"simulated_network"})
+
     def _compute_s(self, msg: Message, epochs: int) -> float:
         """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""
-        if not (msg.has_content() and "metrics" in msg.content):
+        metrics = reported_metrics(msg)
+        if not metrics:
             return 0.0
-        metrics = dict(msg.content["metrics"])
         if self.seconds_per_example is not None:
             n = metrics.get("num-examples", 0)
             n = n if isinstance(n, int) and n >= 0 else 0
@@ -200,26 +213,20 @@ class StragglerPolicy(RoundPolicy):
         value = metrics.get("compute_time_s", 0.0)
         return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
 
-    def close(
-        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
-        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
-        measured: dict[int, float] | None = None, in_flight: int = 0,
-    ) -> ClockRound:  # fmt: skip
-        """Which replies count, and how long the round took on the simulated clock.
-
-        ``bytes_up`` maps ``id(reply)`` to its measured wire size.
-        """
+    def close(self, rnd: Round) -> ClockRound:
+        """Which replies count, and how long the round took on the simulated clock."""
         out = ClockRound()
         arrivals: list[tuple[float, Message]] = []
+        replies, needed, asked = rnd.replies, rnd.needed, len(rnd.log.selected)
         for msg in replies:
             node = msg.metadata.src_node_id
-            if self.network.drops(node, server_round):
+            if self.network.drops(node, rnd.number):
                 out.dropped += 1
                 continue
-            compute = self._compute_s(msg, epochs.get(node, 1))
-            up = bytes_up.get(id(msg), 0)
+            compute = self._compute_s(msg, rnd.epochs.get(node, 1))
+            up = rnd.reply_bytes.get(id(msg), 0)
             out.arrived.append(msg)
-            t = self.network.round_time(node, compute, bytes_down.get(node, 0), up)
+            t = self.network.round_time(node, compute, rnd.bytes_down.get(node, 0), up)
             arrivals.append((t, msg))
             if not msg.has_error():  # a failure says nothing about the node's speed
                 out.durations[node] = t
@@ -238,14 +245,11 @@ class MeasuredStragglers(RoundPolicy):
         """Stop pulling at the ``needed``-th reply or at the deadline, whichever comes first."""
         return needed, min(timeout, self.deadline())
 
-    def close(
-        self, server_round: int, replies: list[Message], *, needed: int, asked: int,
-        bytes_down: dict[int, int], epochs: dict[int, int], bytes_up: dict[int, int],
-        measured: dict[int, float] | None = None, in_flight: int = 0,
-    ) -> ClockRound:  # fmt: skip
-        """Replies that arrived (with their measured times); ``in_flight`` are late."""
+    def close(self, rnd: Round) -> ClockRound:
+        """Replies that arrived (with their measured times); those still in flight are late."""
         out = ClockRound(simulated=False)
-        seconds = measured or {}
+        replies, needed, asked = rnd.replies, rnd.needed, len(rnd.log.selected)
+        seconds, in_flight = rnd.reply_seconds, rnd.left_in_flight
         arrivals = []
         for msg in replies:
             t = seconds.get(msg.metadata.src_node_id, 0.0)

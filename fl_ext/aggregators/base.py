@@ -58,6 +58,7 @@ class Aggregator:
     f: int = 0
     uses_weights: bool = False
     needs_reference: bool = False  # True: state.reference must hold the server's own update
+    is_plain_mean: bool = False  # FedAvg's weighted mean: a mechanism may take its place
 
     def min_inputs(self) -> int:
         """Smallest n the rule is defined for (with its ``f``)."""

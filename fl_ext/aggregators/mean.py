@@ -29,6 +29,8 @@ class WeightedMean(Aggregator):
     the mean tolerates no Byzantine update whatever its value.
     """
 
+    is_plain_mean = True
+
     uses_weights = True
 
     def __init__(self, *, f: int = 0) -> None:

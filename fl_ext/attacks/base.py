@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -30,6 +32,10 @@ class OmniscientAttack:
     ) -> torch.Tensor:
         """Subclasses return the ``[num_byzantine, d]`` Byzantine updates."""
         raise NotImplementedError
+
+    def bind(self, aggregate: Callable[[torch.Tensor], torch.Tensor]) -> OmniscientAttack:
+        """Set the aggregation an optimizing attack evaluates (the others ignore it)."""
+        return self
 
     def with_factor(self, factor: float) -> OmniscientAttack:
         """The same attack with strength ``factor``."""

@@ -306,8 +306,8 @@ def test_centered_clipping_center_is_the_previous_aggregate():
         messages = strategy.configure_train(rnd, named_array_record(GLOBAL), ConfigRecord(), grid)
         strategy.aggregate_train(rnd, grid.send_and_receive(messages))
     # tau large: one iteration from center c gives the plain mean of the deltas (2.0)
-    assert torch.allclose(strategy.aggregator_state.center, torch.full((16,), 2.0))
-    assert strategy.aggregator_state.round == 2
+    assert torch.allclose(strategy.aggregation.state.center, torch.full((16,), 2.0))
+    assert strategy.aggregation.state.round == 2
 
 
 def test_an_incompatible_node_is_not_selected_again():

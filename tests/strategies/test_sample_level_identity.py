@@ -36,16 +36,16 @@ def test_a_node_that_changes_its_claimed_client_is_refused_and_still_charged():
     )
     first = [_reply(7, 0), _reply(8, 1)]
     dp.record(1, [m for m, _ in first])
-    assert all(dp.check_reply(r) is None for _, r in first)
+    assert all(dp.check(None, r) is None for _, r in first)
     liar_msg, liar = _reply(7, 5)  # node 7 now claims to be client 5
     dp.record(2, [liar_msg])
-    rejection = dp.check_reply(liar)
+    rejection = dp.check(None, liar)
     assert rejection is not None and "reported DP client 0 before and 5 now" in rejection.detail
     assert set(dp.ledger.sample_level) == {"0", "1", "5"}  # the spend is charged, not lost
     assert dp.node_keys[7] == "0"  # the first identity stands
     honest_msg, honest = _reply(7, 0)
     dp.record(3, [honest_msg])
-    assert dp.check_reply(honest) is None
+    assert dp.check(None, honest) is None
 
 
 def test_a_spend_past_the_budget_is_recorded_never_raised_and_its_update_not_used():
@@ -62,6 +62,6 @@ def test_a_spend_past_the_budget_is_recorded_never_raised_and_its_update_not_use
     msg, reply = _reply(7, 0)  # sigma 1, q 0.1, 10 steps: epsilon well above 1
     dp.record(1, [msg])  # no BudgetExceeded out of aggregation
     assert dp.ledger.sample_level_epsilon("0") > 1.0  # the spend is in the ledger
-    rejection = dp.check_reply(reply)
+    rejection = dp.check(None, reply)
     assert rejection is not None and rejection.reason is RejectReason.OVER_BUDGET
     assert 7 in dp.exhausted

@@ -39,7 +39,7 @@ def test_server_optimizer_state_is_checkpointed_and_restored():
     after_b = record_to_named(_round(b, grid, arrays, 2))
     for k in GLOBAL:
         np.testing.assert_array_equal(after_a[k], after_b[k])
-    assert torch.equal(a.server_opt_state["v"], b.server_opt_state["v"])
+    assert torch.equal(a.server_step.state["v"], b.server_step.state["v"])
 
 
 def test_early_stopping_ends_the_run_and_says_why():

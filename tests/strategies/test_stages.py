@@ -68,7 +68,7 @@ class Quarantine(Stage):
     def state_dict(self):
         return {"banned": sorted(self.banned), "refused": self.refused}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, *, first_round=1):
         self.banned, self.refused = set(state["banned"]), int(state["refused"])
 
 
@@ -93,7 +93,8 @@ def test_a_stage_plugs_into_every_phase_of_the_engine_and_its_state_is_checkpoin
     for k, v in expected_mean([3, 4, 5]).items():
         np.testing.assert_allclose(got[k], v, rtol=1e-6)
     state, tensors = strategy.state_dict()
-    assert state["stages"]["quarantine"] == {"banned": [2], "refused": 1}
-    fresh = FlExtFedAvg(stages=[Quarantine(set(), max_loss=0.6)])
+    assert state["quarantine"] == {"banned": [2], "refused": 1}
+    quarantine = Quarantine(set(), max_loss=0.6)
+    fresh = FlExtFedAvg(stages=[quarantine])
     fresh.load_state_dict(state, tensors, first_round=2)
-    assert fresh.stages[-1].banned == {2} and fresh.stages[-1].refused == 1
+    assert quarantine.banned == {2} and quarantine.refused == 1

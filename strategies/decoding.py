@@ -1,0 +1,31 @@
+"""The decoder slot: a checked reply becomes one flat update (reply minus the global model).
+
+:class:`Decoder` is the dense default; :class:`strategies.compression.Compression` fills the
+slot when clients send codec payloads (parsed and checked against the node's codec in
+:mod:`strategies.replies`, which puts the decoded update under ``UPDATE_KEY``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fl_ext.codecs import Codec
+from strategies.replies import UPDATE_KEY, TrainReply
+from strategies.round import Round
+from strategies.stage import Stage
+
+
+class Decoder(Stage):
+    """Dense updates: the reply's arrays minus the round's global model."""
+
+    name = "decoder"
+
+    def codec_for(self, node: int) -> Codec | None:
+        """The codec ``node`` encoded with this round (None: dense arrays)."""
+        return None
+
+    def to_update(self, rnd: Round, reply: TrainReply, out: torch.Tensor) -> torch.Tensor:
+        """Write the reply's flat update into ``out`` (a row of the round's update matrix)."""
+        if UPDATE_KEY in reply.arrays:  # a decoded codec payload: already the update
+            return out.copy_(torch.from_numpy(reply.arrays[UPDATE_KEY]))
+        return rnd.spec.flatten(reply.arrays, out=out).sub_(rnd.global_flat)
