@@ -12,36 +12,35 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from logging import INFO
-from typing import Any, TypeVar
+from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fl_ext.aggregators import Aggregator, RobustAggregation, WeightedMean
+from fl_ext.aggregators import Aggregator, RobustAggregation
 from fl_ext.early_stopping import EarlyStopping
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.server_opt import ServerOptimizer
-from fl_ext.validation import Rejection, RejectReason, check_update_norm, update_norm
 from flwr_records import named_array_record, record_to_named
 from strategies.aggregation import Aggregation, ReferenceFn, RobustStep, ServerReference, ServerStep
+from strategies.assembly import as_is, as_pipeline, distinct, first, slot
 from strategies.byzantine import ByzantineSimulation
+from strategies.checks import ReplyChecks
 from strategies.compression import Compression
 from strategies.decoding import Decoder
 from strategies.drivers import CheckpointFn, EvaluateFn, RoundCallback, RunSpec, SyncRounds
 from strategies.evaluation import EvaluationSampler, weighted_means
 from strategies.exchange import InFlight
 from strategies.privacy import PrivacyPlan
-from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
 from strategies.round import Round
 from strategies.round_log import RoundLog
 from strategies.sampling import Sampler, SelectorSampler
 from strategies.settings import check_settings
-from strategies.stage import Stage, unmet_requirements
+from strategies.stage import Stage, load_parts_state, parts_state, unmet_requirements
 from strategies.stages import (
     Compat,
     EarlyStop,
@@ -52,8 +51,6 @@ from strategies.stages import (
 )
 from strategies.stragglers import RoundPolicy
 from strategies.wire import record_wire_bytes
-
-S = TypeVar("S", bound=Stage)
 
 
 class FlExtFedAvg(FedAvg):
@@ -132,14 +129,14 @@ class FlExtFedAvg(FedAvg):
         selector = selector or UniformSelector(
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
-        self.sampler = _slot(Sampler, parts, SelectorSampler(selector, min_nodes=min_train_nodes))
-        self.decoder = _slot(Decoder, parts, Decoder())
+        self.sampler = slot(Sampler, parts, SelectorSampler(selector, min_nodes=min_train_nodes))
+        self.decoder = slot(Decoder, parts, Decoder())
         default = RobustStep(
-            _as_pipeline(aggregation),
+            as_pipeline(aggregation),
             min_replies=min_train_nodes,
             weight_cap_factor=weight_cap_factor,
         )
-        self.aggregation = _slot(Aggregation, parts, default)
+        self.aggregation = slot(Aggregation, parts, default)
         self.server_step = ServerStep(server_opt) if server_opt is not None else None
         extra: list[Stage] = [
             *([ServerReference(reference_update)] if reference_update else []),
@@ -161,13 +158,20 @@ class FlExtFedAvg(FedAvg):
             if fraction_evaluate > 0
             else None
         )
-        self.stages = _distinct(
+        self.stages = distinct(
             [self.compat, *parts, *extra, self.sampler, self.decoder, self.aggregation,
              self.server_step, self.evaluation, self.driver]
         )  # fmt: skip
         unmet = unmet_requirements(self.stages, driver=self.driver.label, provided=())
         if unmet:
             raise ValueError(unmet)
+        self.checks = ReplyChecks(
+            stages=self.stages,
+            decoder=self.decoder,
+            max_examples=max_examples_per_client,
+            max_update_norm=max_update_norm,
+            required_metrics=("train_loss",) if self.compat.require_client_info else (),
+        )
         self.in_flight = InFlight()  # messages not waited for: their nodes are busy
         self.stop_reason: str | None = None
         self.current: Round | None = None  # the round being configured/aggregated
@@ -213,28 +217,13 @@ class FlExtFedAvg(FedAvg):
     # ------------------------------------------------------------- checkpoint
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``{part name: its state}`` (JSON-able) and the parts' arrays (``name.key``)."""
-        state: dict[str, Any] = {}
-        tensors: dict[str, np.ndarray] = {}
-        for stage in self.stages:
-            part = stage.state_dict()
-            state[stage.name] = {k: v for k, v in part.items() if not isinstance(v, np.ndarray)}
-            for key, value in part.items():
-                if isinstance(value, np.ndarray):
-                    tensors[f"{stage.name}.{key}"] = value
-        return state, tensors
+        return parts_state(self.stages)
 
     def load_state_dict(
         self, state: dict[str, Any], tensors: dict[str, np.ndarray], *, first_round: int
     ) -> None:
         """Restore :meth:`state_dict` output before running from ``first_round``."""
-        if "train_selector" in state:
-            raise ValueError("this checkpoint was written by an fl-ext older than 0.9's engine")
-        for stage in self.stages:
-            part = dict(state.get(stage.name, {}))
-            prefix = f"{stage.name}."
-            part.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-            if part:
-                stage.load_state_dict(part, first_round=first_round)
+        load_parts_state(self.stages, state, tensors, first_round=first_round)
 
     # ------------------------------------------------------------------ train
     def configure_train(
@@ -250,7 +239,7 @@ class FlExtFedAvg(FedAvg):
         for stage in self.stages:
             nodes = stage.eligible(rnd, nodes)
         rnd.available = nodes
-        over_select = self.stragglers.asked if self.stragglers is not None else _as_is
+        over_select = self.stragglers.asked if self.stragglers is not None else as_is
         rnd.log.selected = self.sampler.sample(rnd, nodes, over_select=over_select)
         base: dict[str, Any] = {}
         sent = arrays
@@ -293,8 +282,8 @@ class FlExtFedAvg(FedAvg):
             rnd.log.clock = clock
             if clock.fallback is not None:
                 rnd.log.skipped = clock.fallback
-                log(INFO, "ALERT round %d: %s", server_round, clock.fallback)
-        updates, accepted = self._collect(rnd, clock.kept if clock is not None else rnd.replies)
+                log(WARNING, "ALERT round %d: %s", server_round, clock.fallback)
+        updates, accepted = self.checks.train(rnd, clock.kept if clock is not None else rnd.replies)
         for stage in self.stages:
             stage.on_accepted(rnd, accepted)
         for stage in self.stages:
@@ -315,52 +304,6 @@ class FlExtFedAvg(FedAvg):
         return named_array_record(rnd.spec.unflatten(rnd.global_flat + delta)), MetricRecord(
             metrics
         )
-
-    def _collect(self, rnd: Round, replies: list[Message]) -> tuple[torch.Tensor, list[TrainReply]]:
-        """Every reply checked and decoded: the valid updates, stacked, and their replies."""
-        updates = torch.empty((len(replies), rnd.spec.size), dtype=torch.float32)
-        accepted: list[TrainReply] = []
-        selected, seen = set(rnd.log.selected), set[int]()
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                rnd.log.failed += 1
-                self._on_error(rnd, node, msg)
-                continue
-            rnd.log.replied += 1
-            parsed = self._parse(rnd, msg, node in selected and node not in seen)
-            seen.add(node)
-            if isinstance(parsed, TrainReply):
-                row = self.decoder.to_update(rnd, parsed, updates[len(accepted)])
-                parsed = check_update_norm(update_norm(row), self.max_update_norm) or parsed
-            if isinstance(parsed, Rejection):
-                rnd.reject(node, parsed)
-                continue
-            accepted.append(parsed)
-        return updates[: len(accepted)], accepted
-
-    def _parse(self, rnd: Round, msg: Message, expected: bool) -> TrainReply | Rejection:
-        """The reply's checks in order: expected sender, stages on the message, parse, stages."""
-        if not expected:
-            return Rejection(RejectReason.MALFORMED, "reply from a node not selected or duplicated")
-        rejection = _first(stage.check_message(rnd, msg) for stage in self.stages)
-        if rejection is not None:
-            return rejection
-        parsed = parse_train_reply(
-            msg,
-            rnd.spec,
-            max_examples=self.max_examples_per_client,
-            required_metrics=("train_loss",) if self.compat.require_client_info else (),
-            codec=self.decoder.codec_for(msg.metadata.src_node_id),
-        )
-        if isinstance(parsed, Rejection):
-            return parsed
-        return _first(stage.check(rnd, parsed) for stage in self.stages) or parsed
-
-    def _on_error(self, rnd: Round | None, node: int, msg: Message) -> None:
-        code, reason = msg.error.code, msg.error.reason or ""
-        if rnd is None or not any(stage.on_error(rnd, node, code, reason) for stage in self.stages):
-            log(INFO, "\t> node %d failed: %s", node, reason)
 
     # --------------------------------------------------------------- evaluate
     def configure_evaluate(
@@ -388,29 +331,10 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Example-weighted (capped) mean of valid clients' loss and accuracy."""
-        rnd, rlog = self.current, self.round_log
-        accepted: list[EvaluateReply] = []
-        for msg in replies:
-            if msg.has_content():
-                rlog.bytes_up += record_wire_bytes(msg.content)
-            if msg.has_error():
-                rlog.eval_failed += 1
-                self._on_error(rnd, msg.metadata.src_node_id, msg)
-                continue
-            rlog.eval_replied += 1
-            parsed = _first(
-                stage.check_message(rnd, msg) for stage in self.stages
-            ) or parse_evaluate_reply(msg, max_examples=self.max_examples_per_client)
-            if isinstance(parsed, Rejection):
-                rlog.eval_rejected += 1
-                log(
-                    INFO,
-                    "\t> evaluate reply from node %d rejected: %s",
-                    msg.metadata.src_node_id,
-                    parsed,
-                )
-                continue
-            accepted.append(parsed)
+        rlog = self.round_log
+        replies = list(replies)
+        rlog.bytes_up += sum(record_wire_bytes(m.content) for m in replies if m.has_content())
+        accepted = self.checks.evaluate(self.current, rlog, replies)
         if not accepted or len(accepted) < self.min_evaluate_nodes:
             return None
         values = {key: [float(r.metrics[key]) for r in accepted] for key in ("loss", "accuracy")}
@@ -466,12 +390,12 @@ class FlExtFedAvg(FedAvg):
     # ------------------------------------------------------- driver's helpers
     def reason_to_stop(self, server_round: int, nodes: list[int]) -> str | None:
         """The first stage's reason to end the run before ``server_round``, or None."""
-        return _first(stage.stop_reason(server_round, nodes) for stage in self.stages)
+        return first(stage.stop_reason(server_round, nodes) for stage in self.stages)
 
     def after_round(self, server_round: int, metrics: dict[str, float]) -> str | None:
         """Every stage sees the round's metrics (and may add to them); the first reason ends."""
         reasons = [stage.after_round(server_round, metrics) for stage in self.stages]
-        return _first(iter(reasons))
+        return first(iter(reasons))
 
     def clock_limits(self, needed: int, timeout: float) -> tuple[int | None, float]:
         """``(stop after this many replies, wait at most)`` for the train exchange."""
@@ -498,54 +422,3 @@ class FlExtFedAvg(FedAvg):
                 f"aggregate_train of round {server_round} called before its configure_train"
             )
         return self.current
-
-
-T = TypeVar("T")
-
-
-def _first(values: Iterable[T | None]) -> T | None:
-    return next((v for v in values if v is not None), None)
-
-
-def _as_is(needed: int, available: int) -> int:
-    return needed
-
-
-def _slot(kind: type[S], parts: list[Stage], default: S) -> S:
-    """The one part that fills a slot, else the default; two claimants are a config error."""
-    claims = [p for p in parts if isinstance(p, kind)]
-    if len(claims) > 1:
-        names = " and ".join(type(p).__name__ for p in claims)
-        raise ValueError(f"{names} both take the {kind.name} slot: choose one")
-    if not claims:
-        return default
-    if not getattr(default, "replaceable", True):
-        raise ValueError(
-            f"{type(claims[0]).__name__} takes the {kind.name} slot; it cannot be combined "
-            f"with {default.describe_requirement()} (use aggregator=mean, preagg=[])"
-        )
-    return claims[0]
-
-
-def _distinct(parts: Iterable[Stage | None]) -> list[Stage]:
-    """Each part once (one object may fill two slots), names unique (checkpoint keys)."""
-    out: list[Stage] = []
-    for part in parts:
-        if part is not None and all(part is not p for p in out):
-            if any(part.name == p.name for p in out):
-                raise ValueError(f"two stages are named {part.name!r}: checkpoints need one each")
-            out.append(part)
-    return out
-
-
-def _as_pipeline(aggregation: RobustAggregation | Aggregator | None) -> RobustAggregation:
-    """FedAvg's weighted mean by default; a bare rule becomes a pipeline without pre-steps."""
-    if aggregation is None:
-        aggregation = WeightedMean()
-    if isinstance(aggregation, Aggregator):
-        aggregation = RobustAggregation(rule=aggregation)
-    if not isinstance(aggregation, RobustAggregation):
-        raise ValueError(
-            f"aggregation must be an Aggregator or RobustAggregation, got {aggregation!r}"
-        )
-    return aggregation

@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
 
@@ -140,6 +141,40 @@ def unmet_requirements(parts: Iterable[Stage], *, driver: str, provided: Iterabl
         for p in parts
         for need in sorted(p.requires - have)
     )
+
+
+def parts_state(parts: Iterable[Stage]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``{part name: its state}`` (JSON-able) and the parts' arrays under ``name.key``."""
+    state: dict[str, Any] = {}
+    tensors: dict[str, np.ndarray] = {}
+    for part in parts:
+        saved = part.state_dict()
+        state[part.name] = {k: v for k, v in saved.items() if not isinstance(v, np.ndarray)}
+        for key, value in saved.items():
+            if isinstance(value, np.ndarray):
+                tensors[f"{part.name}.{key}"] = value
+    return state, tensors
+
+
+def load_parts_state(
+    parts: Iterable[Stage],
+    state: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    *,
+    first_round: int,
+) -> None:
+    """Give every part its saved state (:func:`parts_state` output) back."""
+    if "train_selector" in state:
+        raise ValueError(
+            "this checkpoint was written before the round engine (one state per part): "
+            "start a new run, or roll back with the fl-ext version that wrote it"
+        )
+    for part in parts:
+        saved = dict(state.get(part.name, {}))
+        prefix = f"{part.name}."
+        saved.update({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if saved:
+            part.load_state_dict(saved, first_round=first_round)
 
 
 HINTS = {
