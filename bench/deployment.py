@@ -31,13 +31,14 @@ from fl_ext.params import get_weights
 from fl_ext.security import generate_material
 from fl_ext.tracking import metric_key
 from flwr_records import named_array_record
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
 from simulations.deployment import CONNECTION, LocalDeployment
-from simulations.experiment import build, run
 from simulations.flwr_cli import run_app
 from simulations.inprocess import InProcessGrid
 from simulations.local_superlink import LocalSuperLink
+from simulations.run_loop import run
 from strategies.wire import wire_copy
 
 

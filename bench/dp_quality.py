@@ -16,10 +16,11 @@ import tempfile
 import time
 import warnings
 
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 
 def one(overrides: list[str], nodes: int) -> tuple[float, float, float]:

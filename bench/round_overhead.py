@@ -27,9 +27,10 @@ from flwr.serverapp.strategy import FedAvg
 
 from fl_ext.tracking import MlflowTracker
 from flwr_records import named_array_record
+from simulations.build import Built, build
+from simulations.central_eval import central_evaluate
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import Built, build, central_evaluate
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
 from strategies.nodes import wait_for_nodes

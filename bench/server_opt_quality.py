@@ -18,10 +18,11 @@ import time
 import warnings
 from pathlib import Path
 
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 SETTINGS = {
     "FedAvg": [],

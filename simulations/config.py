@@ -37,6 +37,8 @@ GROUPS = (
     "model",
     "tracking",
 )
+# groups whose `none` option is `_target_: null` (the component is off)
+OPTIONAL_GROUPS = ("attack", "privacy", "codec", "network", "server_opt")
 
 
 class outside_hydra:  # a context manager, lower case like initialize_config_dir
@@ -116,8 +118,12 @@ def compose_experiment(
         unknown = re.search(r"Could not override '([\w.-]+)'", str(err))
         if unknown and "To append to your config" in str(err):
             key = unknown.group(1)
+            value = next(
+                (v for k, _, v in (o.partition("=") for o in overrides) if k.lstrip("+~") == key),
+                None,
+            )
             raise ConfigError(
-                f"unknown key {key!r}{override_check.suggestion(key, conf_dir)}"
+                f"unknown key {key!r}{override_check.suggestion(key, conf_dir, value)}"
             ) from err
         missing = re.search(r"Could not (?:load|find) '([\w-]+)/([\w-]+)'", str(err))
         if missing:  # one line: Hydra adds its whole config search path
@@ -195,12 +201,12 @@ def check_config(cfg: DictConfig) -> None:
         not c.evaluate_with_train or c.local_test_fraction > 0,
         "false when local_test_fraction is 0 (clients have nothing to evaluate on)",
     )
-    for group in (
-        g for g in GROUPS if g not in ("attack", "privacy", "codec", "network", "server_opt")
-    ):  # plain settings
+    for group in (g for g in GROUPS if g not in OPTIONAL_GROUPS):
         _require(c, f"{group}._target_", isinstance(c[group].get("_target_"), str), "a class path")
-    target = c.server_opt.get("_target_")
-    _require(c, "server_opt._target_", target is None or isinstance(target, str), "a class or null")
+    for group in OPTIONAL_GROUPS:  # null: off (the group's `none`)
+        target = c[group].get("_target_")
+        ok = target is None or isinstance(target, str)
+        _require(c, f"{group}._target_", ok, "a class or function path, or null")
     for name, spec in (c.get("preagg") or {}).items():
         _require(
             c, f"preagg.{name}._target_", isinstance(spec.get("_target_"), str), "a class path"

@@ -77,11 +77,19 @@ def known_keys(conf_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(_key_sources(conf_dir)))
 
 
-def suggestion(key: str, conf_dir: Path) -> str:
-    """Where ``key`` exists (another group option), or the closest known keys, or ''."""
+def suggestion(key: str, conf_dir: Path, value: object = None) -> str:
+    """A hint for an unknown ``key`` (set to ``value``), or ''.
+
+    Where ``key`` exists (another group option), else how to choose the group option ``value``
+    names (``privacy.mode=dp_sgd``: ``privacy=dp_sgd``), else the closest known keys.
+    """
     sources = _key_sources(conf_dir)
     if sources.get(key):
         return f"; {key!r} exists only with {' or '.join(sources[key])}"
+    group = key.rpartition(".")[0]
+    named = isinstance(value, str) and value.replace("-", "_").isidentifier()
+    if group and named and (conf_dir / group / f"{value}.yaml").is_file():
+        return f"; {value!r} is an option of the group '{group}': choose it with {group}={value}"
     close = difflib.get_close_matches(key, known_keys(conf_dir), n=3, cutoff=0.6)
     if close:
         return f"; did you mean {' or '.join(repr(c) for c in close)}?"
@@ -121,6 +129,6 @@ def check_additions(parsed: list[Override], base: DictConfig, conf_dir: Path) ->
         where = f"{target} takes no parameter {name!r}" if isinstance(target, str) else ""
         return (
             f"unknown key {key!r} in override {text!r}"
-            f"{' (' + where + ')' if where else ''}{suggestion(key, conf_dir)}"
+            f"{' (' + where + ')' if where else ''}{suggestion(key, conf_dir, override.value())}"
         )
     return None

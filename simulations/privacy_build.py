@@ -1,9 +1,16 @@
-"""Build the strategy's privacy side from the ``privacy`` config group (checks at start)."""
+"""Build the strategy's privacy side from the ``privacy`` config group (checks at start).
+
+The group's ``_target_`` names the factory: :func:`client_level` (``privacy=client_level``),
+:func:`dp_sgd` (``privacy=dp_sgd``), or null (``privacy=none``: no plan). The group's other keys
+are the factory's keyword arguments; the experiment it belongs to comes as a
+:class:`PrivacyContext`.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +27,42 @@ from fl_ext.privacy import (
 )
 from fl_ext.specs import spec_to_json
 from fl_ext.tracking.paths import fl_ext_home
+from simulations.group_build import group_factory
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 
 log = logging.getLogger("fl_ext")  # shown by the ServerApp console (console.py)
-MODES = ("none", "client_level", "dp_sgd")
 # Client-level DP warns when the noise std per coordinate of the averaged update exceeds this
 # many times a clipped update's per-coordinate scale C/sqrt(d) (measured on MNIST-5k + CNN:
 # 14.7x learns, best 0.68 in 30 rounds; 107x stays at chance; see the README).
 NOISE_TO_SIGNAL_WARNING = 30.0
 
 
-def _positive(p: dict[str, Any], key: str, *, allow_none: bool = True) -> float | None:
-    value = p.get(key)
+@dataclass(frozen=True)
+class PrivacyContext:
+    """What a privacy factory needs besides the ``privacy`` group's own keys."""
+
+    conf: dict[str, Any]  # the resolved experiment config (num_rounds, seed, tracking, ...)
+    split: TrainTestSplit
+    model: ClassifierNet
+
+
+def build_privacy(
+    conf: dict[str, Any], split: TrainTestSplit, model: ClassifierNet
+) -> PrivacyPlan | None:
+    """The plan ``privacy._target_`` builds, or None (``privacy=none``); ValueError if bad."""
+    factory = group_factory("privacy", conf.get("privacy"))
+    if factory is None:
+        return None
+    plan = factory(PrivacyContext(conf=conf, split=split, model=model))
+    if not isinstance(plan, ClientLevelDP | SampleLevelDP):
+        raise ValueError(
+            f"privacy._target_ {conf['privacy']['_target_']} must build a ClientLevelDP or a "
+            f"SampleLevelDP, got {type(plan).__name__}"
+        )
+    return plan
+
+
+def _positive(key: str, value: Any, *, allow_none: bool = True) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -39,63 +70,81 @@ def _positive(p: dict[str, Any], key: str, *, allow_none: bool = True) -> float 
     return float(value)
 
 
-def ledger_path(p: dict[str, Any], conf: dict[str, Any]) -> Path:
+def _ledger_file(ledger_path: str | None, conf: dict[str, Any]) -> Path:
     """``privacy.ledger_path`` or ``$FL_EXT_HOME/privacy/<experiment>/ledger.json``."""
-    if p.get("ledger_path"):
-        return Path(str(p["ledger_path"])).expanduser()
+    if ledger_path:
+        return Path(str(ledger_path)).expanduser()
     experiment = str((conf.get("tracking") or {}).get("experiment") or "default")
     return fl_ext_home() / "privacy" / experiment / "ledger.json"
 
 
-def build_privacy(
-    conf: dict[str, Any], split: TrainTestSplit, model: ClassifierNet
-) -> PrivacyPlan | None:
-    """The privacy plan of ``conf["privacy"]``, or None; ValueError for a bad setting."""
-    p = dict(conf.get("privacy") or {"mode": "none"})
-    mode = p.get("mode", "none")
-    if mode not in MODES:
-        raise ValueError(f"privacy.mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "none":
-        return None
-    delta = p.get("delta")
-    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+def _budget(
+    context: PrivacyContext, delta: Any, target_epsilon: Any, noise_multiplier: Any
+) -> tuple[float, float | None, float | None]:
+    """(delta, target epsilon, sigma) checked: what both mechanisms take."""
+    if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"privacy.delta must be in (0, 1), got {delta!r}")
-    if delta >= 1 / len(split.train):
+    n = len(context.split.train)
+    if delta >= 1 / n:
         log.warning(
             "privacy.delta=%g is >= 1/%d (1/training-set size): a mechanism that leaks one "
             "record in full meets such a delta; use delta << 1/n",
             delta,
-            len(split.train),
+            n,
         )
-    target = _positive(p, "target_epsilon")
-    sigma = p.get("noise_multiplier")
-    if sigma is not None and not (isinstance(sigma, (int, float)) and sigma >= 0):
+    target = _positive("target_epsilon", target_epsilon)
+    sigma = noise_multiplier
+    if sigma is not None and (
+        isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and sigma >= 0)
+    ):
         raise ValueError(f"privacy.noise_multiplier (sigma) must be >= 0, got {sigma!r}")
     if sigma is None and target is None:
         raise ValueError("give privacy.noise_multiplier or privacy.target_epsilon")
-    path = ledger_path(p, conf)
+    return float(delta), target, None if sigma is None else float(sigma)
+
+
+def dp_sgd(
+    context: PrivacyContext,
+    /,
+    *,
+    accountant: str,
+    delta: float,
+    target_epsilon: float | None,
+    noise_multiplier: float | None,
+    max_grad_norm: float,
+    grad_sample_mode: str,
+    ledger_path: str | None,
+) -> SampleLevelDP:
+    """Sample-level DP-SGD in every client (``privacy=dp_sgd``); the server keeps the ledger."""
+    conf = context.conf
+    delta, target, sigma = _budget(context, delta, target_epsilon, noise_multiplier)
     num_rounds = int(conf["num_rounds"])
-    if mode == "client_level":
-        return _client_level(p, conf, path, float(delta), target, sigma, num_rounds)
     if float((conf.get("strategy") or {}).get("proximal_mu") or 0.0) > 0:
         raise ValueError("privacy=dp_sgd does not train with FedProx's proximal term: use fedavg")
     from fl_ext.privacy.dp_sgd import GRAD_SAMPLE_MODES, check_model  # Opacus: only for DP-SGD
 
-    grad_mode = p.get("grad_sample_mode", "fused")
-    if grad_mode not in GRAD_SAMPLE_MODES:
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(
-            f"privacy.grad_sample_mode {grad_mode!r} is not one of {', '.join(GRAD_SAMPLE_MODES)}"
+            f"privacy.grad_sample_mode {grad_sample_mode!r} is not one of "
+            f"{', '.join(GRAD_SAMPLE_MODES)}"
         )
-    check_model(model, grad_mode)
-    ledger = PrivacyLedger.open(
-        path, accountant=str(p["accountant"]), delta=float(delta), client_target_epsilon=target
-    )
-    clip = _positive(p, "max_grad_norm", allow_none=False)
+    check_model(context.model, grad_sample_mode)
+    clip = _positive("max_grad_norm", max_grad_norm, allow_none=False)
     assert clip is not None
+    path = _ledger_file(ledger_path, conf)
+    ledger = PrivacyLedger.open(
+        path, accountant=str(accountant), delta=delta, client_target_epsilon=target
+    )
     log.info("Privacy: DP-SGD in clients, ledger %s", path)
     if ledger.sample_level:
         known = sorted(ledger.sample_level)
-        left = sample_level_rounds_left(ledger, conf, _plans_from_ledger(ledger, conf))
+        left = sample_level_rounds_left(
+            ledger,
+            noise_multiplier=sigma,
+            target_epsilon=target,
+            num_rounds=num_rounds,
+            plans=_plans_from_ledger(ledger, conf),
+        )
         log.warning(
             "Privacy ledger carried over: %s; rounds that still fit per client: min %d, max %d "
             "of the %d planned (%d of %d clients have none left; clients not in the ledger "
@@ -111,27 +160,41 @@ def build_privacy(
         ledger=ledger,
         max_grad_norm=clip,
         planned_rounds=num_rounds,
-        noise_multiplier=None if sigma is None else float(sigma),
+        noise_multiplier=sigma,
         target_epsilon=target,
-        grad_sample_mode=grad_mode,
+        grad_sample_mode=grad_sample_mode,
     )
 
 
-def _client_level(  # noqa: PLR0917  (the settings of one mechanism)
-    p: dict[str, Any],
-    conf: dict[str, Any],
-    path: Path,
+def client_level(
+    context: PrivacyContext,
+    /,
+    *,
+    accountant: str,
     delta: float,
-    target: float | None,
-    sigma: float | None,
-    num_rounds: int,
+    target_epsilon: float | None,
+    noise_multiplier: float | None,
+    sample_rate: float | None,
+    clip: float,
+    adaptive_clip: bool,
+    target_quantile: float,
+    clip_learning_rate: float,
+    count_noise_multiplier: float,
+    noise_seed: int | None,
+    ledger_path: str | None,
 ) -> ClientLevelDP:
-    q = p.get("sample_rate")
-    q = float(conf["fraction_train"] if q is None else q)
+    """Client-level DP at the server, DP-FedAvg (``privacy=client_level``)."""
+    conf = context.conf
+    delta, target, sigma = _budget(context, delta, target_epsilon, noise_multiplier)
+    num_rounds = int(conf["num_rounds"])
+    path = _ledger_file(ledger_path, conf)
+    q = float(conf["fraction_train"] if sample_rate is None else sample_rate)
     if not 0 < q <= 1:
         raise ValueError(f"privacy.sample_rate (q) must be in (0, 1], got {q}")
+    c = _positive("clip", clip, allow_none=False)
+    assert c is not None
     ledger = PrivacyLedger.open(
-        path, accountant=str(p["accountant"]), delta=delta, target_epsilon=target
+        path, accountant=str(accountant), delta=delta, target_epsilon=target
     )
     earlier = _earlier_client_level(ledger)
     if sigma is None:
@@ -166,7 +229,7 @@ def _client_level(  # noqa: PLR0917  (the settings of one mechanism)
         "(delta %g, %s; already spent %.4g), ledger %s",
         sigma,
         q,
-        p["clip"],
+        c,
         fits,
         num_rounds,
         planned,
@@ -177,7 +240,7 @@ def _client_level(  # noqa: PLR0917  (the settings of one mechanism)
     )
     if ledger.client_level:
         calibrated = ""
-        if p.get("noise_multiplier") is None:
+        if noise_multiplier is None:
             assert target is not None
             fresh = calibrate_noise_multiplier(
                 target_epsilon=target,
@@ -201,23 +264,21 @@ def _client_level(  # noqa: PLR0917  (the settings of one mechanism)
         log.warning("Privacy budget allows %d of the %d planned rounds", fits, num_rounds)
     adaptive = (
         AdaptiveClipping(
-            target_quantile=float(p["target_quantile"]),
-            learning_rate=float(p["clip_learning_rate"]),
-            count_noise_multiplier=float(p["count_noise_multiplier"]),
+            target_quantile=float(target_quantile),
+            learning_rate=float(clip_learning_rate),
+            count_noise_multiplier=float(count_noise_multiplier),
         )
-        if p.get("adaptive_clip")
+        if adaptive_clip
         else None
     )
-    clip = _positive(p, "clip", allow_none=False)
-    assert clip is not None
     return ClientLevelDP(
         ledger=ledger,
         noise_multiplier=float(sigma),
         sample_rate=q,
-        clip=clip,
+        clip=c,
         adaptive=adaptive,
         selection_seed=int(conf["seed"]),
-        noise_seed=p.get("noise_seed"),
+        noise_seed=noise_seed,
     )
 
 
@@ -249,18 +310,21 @@ def _earlier_sample_level(ledger: PrivacyLedger) -> str:
 
 
 def sample_level_rounds_left(
-    ledger: PrivacyLedger, conf: dict[str, Any], plans: dict[str, tuple[float, int]]
+    ledger: PrivacyLedger,
+    *,
+    noise_multiplier: float | None,
+    target_epsilon: float | None,
+    num_rounds: int,
+    plans: dict[str, tuple[float, int]],
 ) -> dict[str, int]:
     """Rounds of this run each DP-SGD client can still train within its budget.
 
     ``plans`` gives each client's (q, steps) of one round (:func:`round_plan` of its
-    partition). Sigma is the configured one, or the one a client calibrates for
-    ``num_rounds`` (:func:`fl_ext.privacy.dp_sgd.noise_for`): a client not in the ledger then
-    fits every planned round by construction.
+    partition). Sigma is ``noise_multiplier``, or (None) the one a client calibrates for
+    ``num_rounds`` and ``target_epsilon`` (:func:`fl_ext.privacy.dp_sgd.noise_for`): a client
+    not in the ledger then fits every planned round by construction.
     """
-    p = conf["privacy"]
-    num_rounds = int(conf["num_rounds"])
-    fixed = p.get("noise_multiplier")
+    fixed = noise_multiplier
     sigmas: dict[tuple[float, int], float] = {}
     done: dict[tuple[Any, ...], int] = {}
     left: dict[str, int] = {}
@@ -269,17 +333,17 @@ def sample_level_rounds_left(
         if fixed is None and not history:
             left[client] = num_rounds
             continue
-        if (q, steps) not in sigmas:
-            sigmas[q, steps] = (
-                float(fixed)
-                if fixed is not None
-                else calibrate_noise_multiplier(
-                    target_epsilon=float(p["target_epsilon"]),
-                    delta=ledger.delta,
-                    sample_rate=q,
-                    steps=steps * num_rounds,
-                    accountant=ledger.accountant,
-                )
+        if (q, steps) not in sigmas and fixed is not None:
+            sigmas[q, steps] = float(fixed)
+        elif (q, steps) not in sigmas:
+            if target_epsilon is None:
+                raise ValueError("give privacy.noise_multiplier or privacy.target_epsilon")
+            sigmas[q, steps] = calibrate_noise_multiplier(
+                target_epsilon=target_epsilon,
+                delta=ledger.delta,
+                sample_rate=q,
+                steps=steps * num_rounds,
+                accountant=ledger.accountant,
             )
         key = (tuple(tuple(e.as_list()) for e in history), q, steps)
         if key not in done:
@@ -331,10 +395,16 @@ def check_privacy_federation(
         ledger = plan.ledger
         if ledger.client_target_epsilon is None:
             return
-        left = sample_level_rounds_left(ledger, conf, _plans_from_partitions(conf, num_nodes))
+        sigma = conf["privacy"].get("noise_multiplier")
+        left = sample_level_rounds_left(
+            ledger,
+            noise_multiplier=sigma,
+            target_epsilon=plan.target_epsilon,
+            num_rounds=int(conf["num_rounds"]),
+            plans=_plans_from_partitions(conf, num_nodes),
+        )
         spent = [c for c, n in left.items() if n == 0]
         if len(spent) == num_nodes and not ledger.sample_level:
-            sigma = conf["privacy"].get("noise_multiplier")
             raise ValueError(
                 f"privacy.noise_multiplier={sigma} is too small for privacy.target_epsilon="
                 f"{ledger.client_target_epsilon}: one round of DP-SGD on any of the "

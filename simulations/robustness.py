@@ -27,10 +27,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from fl_ext.tracking import Tracker, metric_key, resolve_tracking_uri
+from simulations.build import build, check_aggregation
 from simulations.client_app import app as client_app
 from simulations.config import GROUPS, ConfigError, Experiment, check_config
-from simulations.experiment import build, check_aggregation, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 log = logging.getLogger(__name__)
 ATTACK_ORDER = [

@@ -64,8 +64,10 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _check_built(experiment: Experiment, num_nodes: int | None) -> None:
+    from fl_ext.compat import schema_hash
+    from fl_ext.params import get_weights
+    from simulations.build import build, check_aggregation, check_partitions
     from simulations.checkpointing import restore_point
-    from simulations.experiment import build, check_aggregation, check_partitions
 
     if num_nodes is not None and experiment.cfg.min_available_nodes > num_nodes:
         raise ConfigError(
@@ -73,7 +75,11 @@ def _check_built(experiment: Experiment, num_nodes: int | None) -> None:
             f"{num_nodes} SuperNodes: the run would wait node_wait_timeout and fail"
         )
     built = build(experiment)
-    restore_point(built)
+    restore_point(  # verified only: the run restores it (RoundSaver.restore)
+        experiment.resolved(),
+        model_schema=schema_hash(get_weights(built.model)),
+        model_name=experiment.choices["model"],
+    )
     if num_nodes is not None:
         check_partitions(built, num_nodes)
         check_aggregation(built, num_nodes)

@@ -27,10 +27,11 @@ import matplotlib.pyplot as plt
 from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import metric_key, resolve_tracking_uri
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 SELECTORS = {"random": "uniform", "oort": "oort", "power-of-choice": "power_of_choice"}
 NODES = 100

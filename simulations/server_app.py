@@ -8,9 +8,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from simulations.build import build
 from simulations.config import ConfigError, compose_experiment, parse_overrides
 from simulations.console import configure_console
-from simulations.experiment import build, run
+from simulations.run_loop import run
 
 app = ServerApp()
 

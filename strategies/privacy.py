@@ -16,6 +16,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,33 @@ from strategies.sampling import OverSelect, Sampler
 from strategies.stage import ConfigValue, Stage
 
 
+def restore_ledger_copy(ledger: PrivacyLedger, saved: dict[str, Any] | None) -> PrivacyLedger:
+    """Keep the longer of the ledger file and a checkpoint's copy of it.
+
+    The file is authoritative; if it recorded fewer rounds than the copy (lost or replaced),
+    the copy is written back: spending never goes backwards.
+    """
+    if not saved or len(ledger.rounds) >= len(saved.get("rounds", [])):
+        return ledger
+    log(
+        WARNING,
+        "Privacy ledger %s has %d rounds, the checkpoint's copy %d: restoring the copy",
+        ledger.path,
+        len(ledger.rounds),
+        len(saved["rounds"]),
+    )
+    if ledger.path is None:
+        raise ValueError("the privacy ledger has no file to restore the checkpoint's copy into")
+    Path(ledger.path).write_text(json.dumps(saved))
+    return type(ledger).open(
+        ledger.path,
+        accountant=ledger.accountant,
+        delta=ledger.delta,
+        target_epsilon=ledger.target_epsilon,
+        client_target_epsilon=ledger.client_target_epsilon,
+    )
+
+
 class ClientLevelDP(Sampler, Aggregation):
     """DP-FedAvg at the server: Poisson client sampling at ``sample_rate``, clip, noise.
 
@@ -48,7 +76,6 @@ class ClientLevelDP(Sampler, Aggregation):
     """
 
     name = "privacy"
-    mode = "client_level"
 
     def __init__(
         self,
@@ -78,8 +105,11 @@ class ClientLevelDP(Sampler, Aggregation):
         self.last: dict[str, float] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Clip and the sampling generator; never the noise generator (see ``reseed_noise``)."""
-        return {"clip": self.clip, "rng": rng_state(self.rng)}
+        """Clip, the sampling generator and a copy of the ledger; never the noise generator.
+
+        (See ``reseed_noise``.)
+        """
+        return {"clip": self.clip, "rng": rng_state(self.rng), "ledger": self.ledger.to_json()}
 
     def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         """Restore, and draw the coming rounds' noise from a new seed.
@@ -90,6 +120,7 @@ class ClientLevelDP(Sampler, Aggregation):
         """
         self.clip = float(state["clip"])
         restore_rng(self.rng, state["rng"])
+        self.ledger = restore_ledger_copy(self.ledger, state.get("ledger"))
         self.reseed_noise(first_round)
 
     def reseed_noise(self, first_round: int) -> None:
@@ -193,7 +224,6 @@ class SampleLevelDP(Stage):
     """DP-SGD in every client; the server records spends, skips clients whose budget is spent."""
 
     name = "privacy"
-    mode = "dp_sgd"
     needs_fl_ext_client = True
 
     def __init__(
@@ -249,11 +279,13 @@ class SampleLevelDP(Stage):
         return {
             "exhausted": sorted(self.exhausted),
             "node_keys": {str(n): k for n, k in self.node_keys.items()},
+            "ledger": self.ledger.to_json(),
         }
 
     def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         self.exhausted = {int(n) for n in state["exhausted"]}
         self.node_keys = {int(n): str(k) for n, k in state["node_keys"].items()}
+        self.ledger = restore_ledger_copy(self.ledger, state.get("ledger"))
 
     def reseed_noise(self, first_round: int) -> None:
         """Nothing to do: the clients draw the DP-SGD noise."""

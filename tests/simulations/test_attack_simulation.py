@@ -2,10 +2,11 @@
 
 import pytest
 
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = [
     "dataset=digits",

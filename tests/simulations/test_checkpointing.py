@@ -11,11 +11,12 @@ from mlflow.tracking import MlflowClient
 from fl_ext.checkpoint import CheckpointStore
 from fl_ext.security import load_or_create_signing_key
 from fl_ext.tracking import resolve_tracking_uri
+from simulations.build import build
 from simulations.checkpointing import signing_key_path
 from simulations.client_app import app as client_app
 from simulations.config import ConfigError, compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = ["dataset=digits", "model=mlp", "num_rounds=4", "fraction_train=0.75", "seed=3"]
 
@@ -235,12 +236,12 @@ def test_restart_keys_are_checked(tmp_path):
 
 
 def test_when_an_earlier_round_was_best_it_is_registered_as_its_own_version(tmp_path, monkeypatch):
-    import simulations.experiment as experiment
+    import simulations.central_eval as central_eval
 
     accuracies = iter([0.1, 0.5, 0.9, 0.3])  # rounds 0..3: round 2 is the best
-    real = experiment.evaluate
+    real = central_eval.evaluate
     monkeypatch.setattr(
-        experiment, "evaluate", lambda model, data: (real(model, data)[0], next(accuracies))
+        central_eval, "evaluate", lambda model, data: (real(model, data)[0], next(accuracies))
     )
     built = build(compose_experiment([*BASE, "num_rounds=3", f"checkpoint.dir={tmp_path / 'ck'}"]))
     run(InProcessGrid(client_app, 4), built)

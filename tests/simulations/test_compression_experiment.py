@@ -8,10 +8,11 @@ from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import resolve_tracking_uri
 from flwr_records import payload_record, record_payload
+from simulations.build import build
 from simulations.client_app import app as real_app
 from simulations.config import ConfigError, compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = ["dataset=digits", "model=mlp", "num_rounds=6", "fraction_evaluate=0.0"]
 

@@ -3,8 +3,8 @@ import torch
 from omegaconf import OmegaConf
 
 from simulations import override_check
+from simulations.build import build, check_aggregation, check_partitions
 from simulations.config import CONF_DIR, ConfigError, compose_experiment, parse_overrides
-from simulations.experiment import build, check_aggregation, check_partitions
 
 
 def test_default_experiment():
@@ -71,14 +71,14 @@ def test_every_aggregation_builds_for_13_nodes(aggregator, preagg):
     )
     built = build(exp)
     check_aggregation(built, 13)
-    assert built.strategy.aggregation.rule.f == (1 if aggregator != "mean" else 0)
+    assert built.strategy.aggregation.pipeline.rule.f == (1 if aggregator != "mean" else 0)
 
 
 def test_issue_example_krum_f3_with_nnm():
     exp = compose_experiment(["aggregator=krum", "aggregator.f=3", "preagg=[nnm]", "tracking=none"])
     built = build(exp)
     assert built.strategy.aggregation.describe() == "NNM -> Krum(f=3)"
-    assert built.strategy.aggregation.preagg[0].f == 3  # NNM follows aggregator.f
+    assert built.strategy.aggregation.pipeline.preagg[0].f == 3  # NNM follows aggregator.f
     assert exp.choices["preagg"] == "nnm"
     check_aggregation(built, 13)
     with pytest.raises(

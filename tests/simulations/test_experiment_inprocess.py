@@ -7,10 +7,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import resolve_tracking_uri
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import ConfigError, compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 OVERRIDES = ["dataset=digits", "model=mlp", "num_rounds=3", "fraction_evaluate=1.0"]
 

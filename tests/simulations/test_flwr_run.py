@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.flwr_cli import run_app
 from simulations.inprocess import InProcessGrid
 from simulations.local_superlink import LocalSuperLink
+from simulations.run_loop import run
 
 pytestmark = pytest.mark.slow
 OVERRIDES = ["dataset=digits", "model=mlp", "num_rounds=3"]

@@ -4,8 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from simulations.config import CONF_DIR, compose_experiment
-from simulations.experiment import run_name
-from simulations.naming import MAX_LENGTH
+from simulations.naming import MAX_LENGTH, run_name
 
 BASE = ["dataset=digits", "model=mlp"]
 # the ten runs of the issue, all once named fedavg-digits-iid-mlp-seed0

@@ -7,10 +7,11 @@ from mlflow.tracking import MlflowClient
 
 from fl_ext.privacy import GaussianSteps, compute_epsilon
 from fl_ext.tracking import resolve_tracking_uri
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import ConfigError, compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = ["dataset=digits", "model=mlp", "fraction_evaluate=0.0", "local_epochs=1"]
 

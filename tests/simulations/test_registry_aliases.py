@@ -8,10 +8,11 @@ alias; a run that aggregated nothing registers nothing.
 from mlflow.tracking import MlflowClient
 
 from fl_ext.tracking import resolve_tracking_uri
+from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = ["dataset=digits", "model=mlp", "fraction_evaluate=0.0", "local_epochs=1"]
 NAME = "fl-ext-digits-mlp"

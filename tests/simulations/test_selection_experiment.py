@@ -4,10 +4,11 @@ import pytest
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
+from simulations.build import build
 from simulations.client_app import app as real_app
 from simulations.config import ConfigError, compose_experiment
-from simulations.experiment import build, run
 from simulations.inprocess import InProcessGrid
+from simulations.run_loop import run
 
 BASE = ["dataset=digits", "model=mlp", "num_rounds=4", "fraction_evaluate=0.0", "tracking=none"]
 

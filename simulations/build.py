@@ -1,0 +1,219 @@
+"""Build every component of an experiment from its config, and check it fits the federation.
+
+Everything that can be wrong with a config (a bad alpha, a model that does not fit the
+input, too many partitions) is found in :func:`build` before the first round, or by the
+``check_*`` functions once the federation's size is known.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fl_ext.aggregators import Aggregator, RobustAggregation
+from fl_ext.data import Partitioner
+from fl_ext.data.datasets import TrainTestSplit
+from fl_ext.data.federated import load_split
+from fl_ext.early_stopping import EarlyStopping
+from fl_ext.models import ClassifierNet
+from fl_ext.params import ParamSpec, get_weights, set_weights
+from fl_ext.preagg import PreAggregator
+from fl_ext.selection import Selector
+from fl_ext.server_opt import ServerOptimizer
+from fl_ext.specs import SpecError, build_from_spec, spec_to_json
+from fl_ext.tracking import Tracker
+from fl_ext.training import TrainConfig, seed_for, train_local
+from simulations.attack_build import build_attack
+from simulations.compression_build import build_compression
+from simulations.config import ConfigError, Experiment
+from simulations.network_build import build_network
+from simulations.privacy_build import build_privacy, check_privacy_federation
+from strategies import FlExtFedAvg
+from strategies.compression import AdaptiveCompression, Compression
+from strategies.stragglers import RoundPolicy, StragglerPolicy
+
+log = logging.getLogger("fl_ext")
+
+
+@dataclass
+class Built:
+    """The experiment's live parts."""
+
+    experiment: Experiment
+    split: TrainTestSplit
+    model: ClassifierNet
+    partitioner: Partitioner
+    strategy: FlExtFedAvg
+    tracker: Tracker
+    train_config: ConfigRecord
+    evaluate_config: ConfigRecord
+    history: dict[int, float] = field(default_factory=dict)
+    stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
+
+
+def build(experiment: Experiment) -> Built:
+    """Instantiate dataset, partitioner, model, strategy and tracker; ConfigError if any fails."""
+    conf = experiment.resolved()
+    try:
+        dataset_json = spec_to_json(conf["dataset"])
+        split = load_split(dataset_json)
+        partitioner = build_from_spec(conf["partition"], Partitioner)
+        torch.manual_seed(conf["seed"])
+        model = build_from_spec(
+            conf["model"],
+            ClassifierNet,
+            input_shape=split.input_shape,
+            num_classes=split.num_classes,
+        )
+        strategy_cfg = OmegaConf.create(conf["strategy"])
+        if strategy_cfg.get("max_examples_per_client") is None:
+            strategy_cfg.max_examples_per_client = len(split.train)
+        aggregation = RobustAggregation(
+            rule=build_from_spec(conf["aggregator"], Aggregator),
+            preagg=[
+                build_from_spec(spec, PreAggregator) for spec in (conf.get("preagg") or {}).values()
+            ],
+            device=conf.get("aggregation_device", "auto"),
+        )
+        reference = root_update_fn(split, model, conf) if aggregation.needs_reference else None
+        privacy = build_privacy(conf, split, model)
+        compression = build_compression(conf)
+        selector = build_from_spec(conf["selection"], Selector)
+        opt_spec = conf.get("server_opt") or {}
+        server_opt = (
+            build_from_spec(opt_spec, ServerOptimizer) if opt_spec.get("_target_") else None
+        )
+        stopping = dict(conf.get("early_stopping") or {})
+        early_stopping = EarlyStopping(**stopping) if stopping.get("patience") is not None else None
+        stragglers = build_network(conf)
+        link_adaptive_codec(conf, compression, stragglers)
+        strategy = instantiate(
+            strategy_cfg,
+            aggregation=aggregation,
+            byzantine=build_attack(conf),
+            reference_update=reference,
+            privacy=privacy,
+            compression=compression,
+            selector=selector,
+            stragglers=stragglers,
+            server_opt=server_opt,
+            early_stopping=early_stopping,
+        )
+        tracker = instantiate(OmegaConf.create(conf["tracking"]))
+    except (ValueError, SpecError, TypeError, HydraException) as err:
+        raise ConfigError(f"cannot build the experiment: {err}") from err
+    if not isinstance(strategy, FlExtFedAvg):
+        raise ConfigError(
+            f"strategy._target_ must build an FlExtFedAvg, got {type(strategy).__name__}"
+        )
+    if not isinstance(tracker, Tracker):
+        raise ConfigError(f"tracking._target_ must build a Tracker, got {type(tracker).__name__}")
+    data_keys: dict[str, Any] = {
+        "dataset-spec": dataset_json,
+        "partition-spec": spec_to_json(conf["partition"]),
+        "model-spec": spec_to_json(conf["model"]),
+        "dataset-hash": split.content_hash,
+        "local-test-fraction": float(conf["local_test_fraction"]),
+        "seed": int(conf["seed"]),
+    }
+    train_config = ConfigRecord(
+        {
+            **data_keys,
+            "local-epochs": int(conf["local_epochs"]),
+            "lr": float(conf["lr"]),
+            "momentum": float(conf["momentum"]),
+            "batch-size": int(conf["batch_size"]),
+        }
+    )
+    return Built(
+        experiment,
+        split,
+        model,
+        partitioner,
+        strategy,
+        tracker,
+        train_config,
+        ConfigRecord(data_keys),
+    )
+
+
+def link_adaptive_codec(
+    conf: dict[str, Any], compression: Compression | None, stragglers: RoundPolicy | None
+) -> None:
+    """Adaptive codec tiers follow the simulated network's uplinks (``bandwidth: auto|network``)."""
+    if not isinstance(compression, AdaptiveCompression):
+        return
+    source = ((conf.get("codec") or {}).get("adaptive") or {}).get("bandwidth", "auto")
+    if source == "simulated":
+        return
+    if isinstance(stragglers, StragglerPolicy):
+        compression.follow_network(stragglers.network)
+    elif source == "network":
+        raise ValueError(
+            "codec.adaptive.bandwidth=network needs a simulated network "
+            "(network=ideal|mobile|mixed); use auto or simulated otherwise"
+        )
+
+
+def root_update_fn(
+    split: TrainTestSplit, model: ClassifierNet, conf: dict[str, Any]
+) -> Callable[[int, OrderedDict[str, np.ndarray]], torch.Tensor]:
+    """The server's own update on its root set (FLTrust), with the clients' local settings."""
+    if split.root is None or len(split.root) == 0:
+        raise ValueError("this aggregator needs a root set: set dataset.root_size > 0")
+    root = split.root
+    server_model = copy.deepcopy(model)
+
+    def update(server_round: int, global_arrays: OrderedDict[str, np.ndarray]) -> torch.Tensor:
+        set_weights(server_model, global_arrays)
+        cfg = TrainConfig(
+            epochs=int(conf["local_epochs"]),
+            batch_size=int(conf["batch_size"]),
+            lr=float(conf["lr"]),
+            momentum=float(conf["momentum"]),
+            seed=seed_for(int(conf["seed"]), server_round, 1_000_000),
+        )
+        train_local(server_model, root, cfg)
+        spec = ParamSpec.of(global_arrays)
+        return spec.flatten(get_weights(server_model)) - spec.flatten(global_arrays)
+
+    return update
+
+
+def check_partitions(built: Built, num_partitions: int) -> None:
+    """Partition the training set for this federation size now, so a bad split fails early."""
+    try:
+        sizes = [len(p) for p in built.partitioner(built.split.train.y, num_partitions)]
+    except ValueError as err:
+        raise ConfigError(f"partition cannot split for {num_partitions} nodes: {err}") from err
+    log.info("Partition sizes for %d nodes: %s", num_partitions, sizes)
+
+
+def check_aggregation(built: Built, num_nodes: int) -> None:
+    """The rule must be able to aggregate the updates a round asks for (e.g. Krum's n > 2f + 2)."""
+    try:
+        built.strategy.check_federation(num_nodes)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def check_privacy(built: Built, num_nodes: int) -> None:
+    """Privacy checks that need the federation's size: budget left (DP-SGD), noise vs update."""
+    dim = sum(int(a.size) for a in get_weights(built.model).values())
+    try:
+        check_privacy_federation(
+            built.strategy.privacy, built.experiment.resolved(), num_nodes=num_nodes, dim=dim
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
