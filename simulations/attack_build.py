@@ -14,7 +14,7 @@ from typing import Any
 
 from fl_ext.attacks import OmniscientAttack
 from fl_ext.specs import build_from_spec
-from simulations.group_build import group_factory
+from simulations.group_build import build_group
 from strategies.byzantine import ByzantineSimulation
 
 
@@ -24,16 +24,8 @@ def build_attack(conf: dict[str, Any]) -> ByzantineSimulation | None:
     With ``attack.num_byzantine=0`` there is nothing to simulate (no node is designated).
     ValueError if the group is bad.
     """
-    factory = group_factory("attack", conf.get("attack"))
-    if factory is None:
-        return None
-    built = factory(int(conf["seed"]))
-    if not isinstance(built, ByzantineSimulation):
-        raise ValueError(
-            f"attack._target_ {conf['attack']['_target_']} must build a ByzantineSimulation, "
-            f"got {type(built).__name__}"
-        )
-    return built if built.num_byzantine > 0 else None
+    built = build_group("attack", conf, ByzantineSimulation, int(conf["seed"]))
+    return built if built is not None and built.num_byzantine > 0 else None
 
 
 def byzantine(

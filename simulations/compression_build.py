@@ -14,7 +14,7 @@ from typing import Any
 
 from fl_ext.codecs import BlockQuant, Cast, Codec
 from fl_ext.specs import build_from_spec
-from simulations.group_build import group_factory
+from simulations.group_build import build_group
 from strategies.compression import AdaptiveCompression, Compression, Tier
 
 DOWNLINKS: dict[str, Codec | None] = {
@@ -32,16 +32,7 @@ TIER_KEYS = ("max_mbps", "local_epochs", "uplink")
 
 def build_compression(conf: dict[str, Any]) -> Compression | None:
     """What ``codec._target_`` builds, or None for ``codec=none``; ValueError if bad."""
-    factory = group_factory("codec", conf.get("codec"))
-    if factory is None:
-        return None
-    built = factory(int(conf["seed"]))
-    if not isinstance(built, Compression):
-        raise ValueError(
-            f"codec._target_ {conf['codec']['_target_']} must build a Compression, "
-            f"got {type(built).__name__}"
-        )
-    return built
+    return build_group("codec", conf, Compression, int(conf["seed"]))
 
 
 def _downlink(name: Any) -> Codec | None:

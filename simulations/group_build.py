@@ -12,11 +12,32 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.utils import instantiate
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+T = TypeVar("T")
+
+
+def build_group(
+    group: str, conf: Mapping[str, Any], kind: type[T] | tuple[type[T], ...], *context: Any
+) -> T | None:
+    """What ``conf[group]._target_`` builds from ``context`` (None when the group is off).
+
+    ValueError when the target builds something that is not a ``kind``.
+    """
+    factory = group_factory(group, conf.get(group))
+    if factory is None:
+        return None
+    built = factory(*context)
+    if not isinstance(built, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(
+            f"{group}._target_ {conf[group]['_target_']} must build a {names}, "
+            f"got {type(built).__name__}"
+        )
+    return built
 
 
 def group_factory(group: str, spec: Mapping[str, Any] | None) -> Callable[..., Any] | None:

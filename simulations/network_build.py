@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fl_ext.selection.network import PROFILES, SimulatedNetwork
-from simulations.group_build import group_factory
+from simulations.group_build import build_group
 from strategies.stragglers import MeasuredStragglers, RoundPolicy, StragglerPolicy
 
 # the straggler rules both clocks take (RoundPolicy's keyword parameters)
@@ -28,16 +28,7 @@ RULES = (
 
 def build_network(conf: dict[str, Any]) -> RoundPolicy | None:
     """The policy ``network._target_`` builds, or None for ``network=none``; ValueError if bad."""
-    factory = group_factory("network", conf.get("network"))
-    if factory is None:
-        return None
-    built = factory(int(conf["seed"]))
-    if not isinstance(built, RoundPolicy):
-        raise ValueError(
-            f"network._target_ {conf['network']['_target_']} must build a RoundPolicy, "
-            f"got {type(built).__name__}"
-        )
-    return built
+    return build_group("network", conf, RoundPolicy, int(conf["seed"]))
 
 
 def _number(key: str, value: Any, *, allow_none: bool) -> Any:

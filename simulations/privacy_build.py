@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fl_ext.data.datasets import TrainTestSplit
 from fl_ext.data.federated import client_data
@@ -27,7 +27,7 @@ from fl_ext.privacy import (
 )
 from fl_ext.specs import spec_to_json
 from fl_ext.tracking.paths import fl_ext_home
-from simulations.group_build import group_factory
+from simulations.group_build import build_group
 from strategies.privacy import ClientLevelDP, PrivacyPlan, SampleLevelDP
 
 log = logging.getLogger("fl_ext")  # shown by the ServerApp console (console.py)
@@ -50,16 +50,9 @@ def build_privacy(
     conf: dict[str, Any], split: TrainTestSplit, model: ClassifierNet
 ) -> PrivacyPlan | None:
     """The plan ``privacy._target_`` builds, or None (``privacy=none``); ValueError if bad."""
-    factory = group_factory("privacy", conf.get("privacy"))
-    if factory is None:
-        return None
-    plan = factory(PrivacyContext(conf=conf, split=split, model=model))
-    if not isinstance(plan, ClientLevelDP | SampleLevelDP):
-        raise ValueError(
-            f"privacy._target_ {conf['privacy']['_target_']} must build a ClientLevelDP or a "
-            f"SampleLevelDP, got {type(plan).__name__}"
-        )
-    return plan
+    context = PrivacyContext(conf=conf, split=split, model=model)
+    plan = build_group("privacy", conf, (ClientLevelDP, SampleLevelDP), context)
+    return cast("PrivacyPlan | None", plan)  # one of the two kinds checked
 
 
 def _positive(key: str, value: Any, *, allow_none: bool = True) -> float | None:
