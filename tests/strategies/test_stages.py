@@ -98,3 +98,28 @@ def test_a_stage_plugs_into_every_phase_of_the_engine_and_its_state_is_checkpoin
     fresh = FlExtFedAvg(stages=[quarantine])
     fresh.load_state_dict(state, tensors, first_round=2)
     assert quarantine.banned == {2} and quarantine.refused == 1
+
+
+def test_flowers_own_start_drives_the_engine_to_the_same_model_as_the_driver():
+    from flwr.serverapp.strategy import Strategy
+
+    from fl_ext.server_opt import FedAvgM
+
+    def strategy():
+        return FlExtFedAvg(
+            stages=[Quarantine({2}, max_loss=0.6)],
+            server_opt=FedAvgM(lr=1.0, momentum=0.5),
+            fraction_evaluate=0.0,
+        )
+
+    def grid():
+        return InProcessGrid(make_app({}), 5, node_ids=small_ids(5))
+
+    ours, theirs = strategy(), strategy()
+    mine = ours.start(grid(), named_array_record(GLOBAL), num_rounds=3)
+    flowers = Strategy.start(theirs, grid(), named_array_record(GLOBAL), num_rounds=3)
+    for key, value in mine.arrays.items():
+        np.testing.assert_array_equal(flowers.arrays[key].numpy(), value.numpy())
+    assert set(flowers.train_metrics_clientapp) == {1, 2, 3}
+    assert flowers.train_metrics_clientapp[3]["quarantine_refused"] == 3.0  # stage metrics too
+    assert flowers.train_metrics_clientapp[3]["clients_valid"] == 3
