@@ -1,6 +1,7 @@
 """Per-round cost of our strategy vs Flower's built-in FedAvg, in one simulation run.
 
     python -m bench.round_overhead [--rounds 5] [--repeats 3] [--nodes 10] [--dataset mnist5k]
+    python -m bench.round_overhead --server-only     # the server-side row alone
 
 One Flower simulation (Ray, real SuperNodes) runs a ServerApp that starts, interleaved and
 repeated, (a) ``flwr.serverapp.strategy.FedAvg``, (b) ``FlExtFedAvg`` without tracking and
@@ -134,9 +135,22 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--model", default="cnn")
+    parser.add_argument(
+        "--server-only",
+        action="store_true",
+        help="only the server-side row (replayed replies; no simulation, a minute)",
+    )
     args = parser.parse_args()
     overrides = [f"dataset={args.dataset}", f"model={args.model}", "tracking=none"]
     built = build(compose_experiment(overrides))
+    if args.server_only:
+        server = server_side_ms(built, args.nodes)
+        print(
+            table(
+                f"Server-side work only (replayed replies), {args.nodes} nodes", server, "ms/round"
+            )
+        )
+        return
     results: dict[str, dict[str, list[float]]] = {}
 
     server_app = ServerApp()

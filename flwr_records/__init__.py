@@ -7,6 +7,7 @@ strategies/ (the import-layer contract in pyproject.toml).
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -24,7 +25,37 @@ def named_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 def record_to_named(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     """The record's arrays as named numpy arrays, in order."""
-    return OrderedDict((name, array.numpy()) for name, array in record.items())
+    return OrderedDict((name, array_to_numpy(array)) for name, array in record.items())
+
+
+# The header ``np.save`` writes for a plain C-order array (format versions 1-3).
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|=]?[biufc]\d{1,2})', 'fortran_order': False, 'shape': \(([\d, ]*)\), \} *\n"
+)
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """``Array.numpy()``, without ``np.load``'s ``ast.literal_eval`` of the header.
+
+    A reply's arrays are parsed every round; for a plain numeric C-order array the header is
+    matched exactly and the data copied out (a fresh, writable array, as ``np.load`` gives).
+    Anything else (another layout, dtype or stype, a length that does not match the header)
+    goes through ``Array.numpy()``, which raises for what cannot be read.
+    """
+    data = array.data
+    if array.stype == "numpy.ndarray" and data[:6] == b"\x93NUMPY" and len(data) > 10:
+        major = data[6]
+        start = 10 if major == 1 else 12
+        size = int.from_bytes(data[8:start], "little")
+        match = _NPY_HEADER.fullmatch(data, start, start + size)
+        if match is not None:
+            dtype = np.dtype(match.group(1).decode())
+            shape = tuple(int(d) for d in match.group(2).replace(b" ", b"").split(b",") if d)
+            count = int(np.prod(shape, dtype=np.int64))
+            if len(data) == start + size + count * dtype.itemsize:
+                flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + size)
+                return flat.reshape(shape).copy()
+    return array.numpy()
 
 
 PAYLOAD_KEY = "payload"

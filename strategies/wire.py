@@ -8,13 +8,22 @@ tree is what one recipient downloads (or one sender uploads), before gRPC framin
 from __future__ import annotations
 
 from flwr.app import RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 
 def record_wire_bytes(record: RecordDict) -> int:
-    """Serialized size of ``record`` and everything nested in it."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
+    """Serialized size of ``record`` and everything nested in it (each object once, by id).
+
+    Object ids are computed once per object, as Flower does when it sends a message (a
+    parent's id covers its children's ids: without the context they are hashed again at
+    every level).
+    """
+    with no_object_id_recompute():
+        return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
 
 
 def wire_copy(record: RecordDict) -> RecordDict:
