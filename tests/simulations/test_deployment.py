@@ -47,26 +47,6 @@ def _runs(deployment, experiment):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_two_supernodes_train_over_tls_with_authentication(deployment):
-    nodes = deployment.nodes()
-    assert sorted(int(n["node-id"]) for n in nodes) == sorted(deployment.node_ids)
-    assert all(n["status"] == "online" for n in nodes)
-    outcome = run_app(
-        deployment,
-        [*QUICK, "num_rounds=2", "tracking.experiment=deploy"],
-        connection=CONNECTION,
-        num_supernodes=None,
-        timeout=600,
-    )
-    assert outcome.ok, outcome.output[-3000:]
-    client, (found,) = _runs(deployment, "deploy")
-    assert found.info.status == "FINISHED" and found.data.tags["num_clients"] == "2"
-    acc = [m.value for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
-    assert len(acc) == 3 and acc[2] > acc[0] + 0.3
-    assert found.data.metrics["clients/replied"] == 2
-    assert found.data.metrics["time/train_reply_s_max"] > 0  # measured push-to-pull times
-
-
 def _exits_refused(process, timeout=60):
     try:
         code = process.wait(timeout=timeout)
@@ -123,7 +103,11 @@ def test_a_plaintext_cli_connection_is_refused(deployment, tmp_path):
     assert '"success": true' not in result.stdout
 
 
-def test_kill_the_serverapp_after_round_two_and_resume(deployment, tmp_path):
+def test_two_supernodes_train_over_tls_killed_after_round_two_and_resumed(deployment, tmp_path):
+    """Training over TLS with node authentication, stopped with `flwr stop`, resumed."""
+    nodes = deployment.nodes()
+    assert sorted(int(n["node-id"]) for n in nodes) == sorted(deployment.node_ids)
+    assert all(n["status"] == "online" for n in nodes)
     checkpoints = tmp_path / "ck"
     overrides = [
         *QUICK,
@@ -176,6 +160,10 @@ def test_kill_the_serverapp_after_round_two_and_resume(deployment, tmp_path):
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("round-")) == [
         f"round-00000{r}" for r in range(1, 5)
     ]
+    assert found.data.tags["num_clients"] == "2" and found.data.metrics["clients/replied"] == 2
+    acc = [m.value for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
+    assert len(acc) == 5 and acc[-1] > acc[0] + 0.3
+    assert found.data.metrics["time/train_reply_s_max"] > 0  # measured push-to-pull times
 
 
 README_HOSTS = ["superlink.lan", "10.0.0.5"]  # the README's `keys` example: a SuperLink elsewhere
