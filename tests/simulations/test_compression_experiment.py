@@ -41,36 +41,40 @@ def test_float16_broadcast_halves_the_downlink():
     assert got.history[6] > 0.8
 
 
-def _tampering_app(field, value):
-    """The real ClientApp, but node 0's train replies carry a corrupted payload field."""
+TAMPERING = [  # (payload field, corruption): each makes the payload unusable
+    ("values.scales", lambda a: np.full_like(a, np.nan)),
+    ("values.q", lambda a: a.astype(np.int16)),
+    ("index_meta", lambda a: np.array([a[0], 60], np.int64)),
+    ("values.q", lambda a: a[:-1]),
+]
+
+
+def _tampering_app():
+    """The real ClientApp, but the first len(TAMPERING) nodes to train each corrupt one field."""
     app = ClientApp()
-    first: list[int] = []
+    order: list[int] = []
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         reply = real_app(msg, context)
-        first.append(context.node_id) if not first else None
-        if context.node_id == first[0]:
+        if context.node_id not in order:
+            order.append(context.node_id)
+        index = order.index(context.node_id)
+        if index < len(TAMPERING):
+            field, corrupt = TAMPERING[index]
             payload = record_payload(reply.content["arrays"])
-            payload[field] = value(payload[field])
+            payload[field] = corrupt(payload[field])
             reply.content["arrays"] = payload_record(payload)
         return reply
 
     return app
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("values.scales", lambda a: np.full_like(a, np.nan)),
-        ("values.q", lambda a: a.astype(np.int16)),
-        ("index_meta", lambda a: np.array([a[0], 60], np.int64)),
-        ("values.q", lambda a: a[:-1]),
-    ],
-)
-def test_a_bad_payload_is_rejected_and_the_round_goes_on(field, value):
-    built, metrics = _run(["codec=topk_int8", "num_rounds=2"], app=_tampering_app(field, value))
-    assert metrics["clients/rejected"] == 1 and metrics["clients/valid"] == 4
+def test_every_kind_of_bad_payload_is_rejected_and_the_round_goes_on():
+    nodes = len(TAMPERING) + 4
+    built, metrics = _run(["codec=topk_int8", "num_rounds=2"], app=_tampering_app(), nodes=nodes)
+    assert metrics["clients/rejected"] == len(TAMPERING) and metrics["clients/valid"] == 4
+    assert metrics["clients/rejected_malformed"] == len(TAMPERING)
     assert built.history[2] > built.history[0]
 
 
