@@ -7,6 +7,7 @@ strategies/ (the import-layer contract in pyproject.toml).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ def array_to_numpy(array: Array) -> np.ndarray:
         if match is not None:
             dtype = np.dtype(match.group(1).decode())
             shape = tuple(int(d) for d in match.group(2).replace(b" ", b"").split(b",") if d)
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)  # Python ints: a hostile header cannot overflow it
             if len(data) == start + size + count * dtype.itemsize:
                 flat = np.frombuffer(data, dtype=dtype, count=count, offset=start + size)
                 return flat.reshape(shape).copy()
