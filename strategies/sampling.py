@@ -48,7 +48,7 @@ class SelectorSampler(Sampler):
     def __init__(self, selector: Selector, *, min_nodes: int) -> None:
         self.selector = selector
         self.min_nodes = int(min_nodes)
-        self.history = self.registry = ClientRegistry()
+        self.registry: ClientRegistry = ClientRegistry()
 
     def sample_size(self, num_nodes: int) -> int:
         return self.selector.sample_size(num_nodes)
@@ -63,21 +63,21 @@ class SelectorSampler(Sampler):
         rnd.needed = self.selector.sample_size(len(eligible))
         selected = self.selector.select(
             eligible,
-            registry=self.history,
+            registry=self.registry,
             server_round=rnd.number,
             count=over_select(rnd.needed, len(eligible)),
         )
-        self.history.on_selected(selected)
+        self.registry.on_selected(selected)
         return selected
 
     def on_late(self, node: int, seconds: float) -> None:
-        self.history.on_duration(node, seconds)
+        self.registry.on_duration(node, seconds)
 
     def on_accepted(self, rnd: Round, accepted: list[TrainReply]) -> None:
         done = set()
         for r in accepted:
             time_s = rnd.durations.get(r.node_id, r.metrics.get("compute_time_s"))
-            self.history.on_result(
+            self.registry.on_result(
                 r.node_id,
                 rnd.number,
                 loss=reported_loss(r),
@@ -87,16 +87,16 @@ class SelectorSampler(Sampler):
             done.add(r.node_id)
         for node in rnd.log.selected:
             if node not in done:
-                self.history.on_failure(node)
+                self.registry.on_failure(node)
                 if node in rnd.durations:
-                    self.history.on_duration(node, rnd.durations[node])
+                    self.registry.on_duration(node, rnd.durations[node])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"selector": self.selector.state_dict(), "registry": self.history.state_dict()}
+        return {"selector": self.selector.state_dict(), "registry": self.registry.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         self.selector.load_state_dict(state["selector"])
-        self.history.load_state_dict(state["registry"])
+        self.registry.load_state_dict(state["registry"])
 
     def summary(self) -> str:
         return f"selection: {type(self.selector).__name__}"

@@ -182,5 +182,4 @@ HINTS = {
         " (the server's own update each round: give the strategy reference_update, the "
         "dataset a root set with dataset.root_size)"
     ),
-    "simulated_network": " (a simulated network: network=ideal|mobile|mixed)",
 }

@@ -199,8 +199,6 @@ class StragglerPolicy(RoundPolicy):
     def online(self, node_id: int, server_round: int) -> bool:
         return self.network.online(node_id, server_round)
 
-    provides = frozenset({"simulated_network"})
-
     def _compute_s(self, msg: Message, epochs: int) -> float:
         """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""
         metrics = reported_metrics(msg)
