@@ -169,8 +169,13 @@ def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Messa
 
 
 def numpy_client_app(client_fn: ClientFn) -> ClientApp:
-    """A ClientApp answering ``train`` and ``evaluate`` messages with ``client_fn``'s client."""
-    app = ClientApp()
+    """A ClientApp answering ``train`` and ``evaluate`` messages with ``client_fn``'s client.
+
+    It also serves secure aggregation (the ``query.secagg_*`` phases and the masked reply).
+    """
+    from clients.mods.secagg import SecAggMod, add_secagg  # the mods import this module
+
+    app = add_secagg(ClientApp(mods=[SecAggMod()]))
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

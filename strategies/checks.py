@@ -20,7 +20,7 @@ from flwr.supercore import log
 from fl_ext.validation import Rejection, RejectReason, check_update_norm, update_norm
 from strategies.assembly import first
 from strategies.decoding import Decoder
-from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply, parse_train_reply
+from strategies.replies import EvaluateReply, TrainReply, parse_evaluate_reply
 from strategies.round import Round
 from strategies.round_log import RoundLog
 from strategies.stage import Stage
@@ -68,12 +68,8 @@ class ReplyChecks:
         rejection = first(stage.check_message(rnd, msg) for stage in self.stages)
         if rejection is not None:
             return rejection
-        parsed = parse_train_reply(
-            msg,
-            rnd.spec,
-            max_examples=self.max_examples,
-            required_metrics=self.required_metrics,
-            codec=self.decoder.codec_for(msg.metadata.src_node_id),
+        parsed = self.decoder.parse(
+            rnd, msg, max_examples=self.max_examples, required_metrics=self.required_metrics
         )
         if isinstance(parsed, Rejection):
             return parsed

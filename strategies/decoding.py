@@ -8,9 +8,11 @@ slot when clients send codec payloads (parsed and checked against the node's cod
 from __future__ import annotations
 
 import torch
+from flwr.app import Message
 
 from fl_ext.codecs import Codec
-from strategies.replies import UPDATE_KEY, TrainReply
+from fl_ext.validation import Rejection
+from strategies.replies import UPDATE_KEY, TrainReply, parse_train_reply
 from strategies.round import Round
 from strategies.stage import Stage
 
@@ -23,6 +25,23 @@ class Decoder(Stage):
     def codec_for(self, node: int) -> Codec | None:
         """The codec ``node`` encoded with this round (None: dense arrays)."""
         return None
+
+    def parse(
+        self,
+        rnd: Round,
+        msg: Message,
+        *,
+        max_examples: int | None,
+        required_metrics: tuple[str, ...],
+    ) -> TrainReply | Rejection:
+        """The reply's structure checked (:func:`strategies.replies.parse_train_reply`)."""
+        return parse_train_reply(
+            msg,
+            rnd.spec,
+            max_examples=max_examples,
+            required_metrics=required_metrics,
+            codec=self.codec_for(msg.metadata.src_node_id),
+        )
 
     def to_update(self, rnd: Round, reply: TrainReply, out: torch.Tensor) -> torch.Tensor:
         """Write the reply's flat update into ``out`` (a row of the round's update matrix)."""

@@ -131,15 +131,9 @@ class SyncRounds(Stage):
         """Train, evaluate (federated, then centralized) and collect the round's metrics."""
         result, grid = spec.result, spec.grid
         t_round = time.monotonic()
-        messages = engine.configure_train(server_round, result.arrays, spec.train_config, grid)
+        new_arrays, train_metrics, exchange_metrics = self.train(engine, server_round, spec)
         rnd = engine.current
         assert rnd is not None
-        enough, limit = engine.clock_limits(rnd.needed, spec.timeout)
-        trained = exchange(grid, messages, timeout=limit, enough=enough, in_flight=engine.in_flight)
-        rnd.reply_seconds = trained.by_node()
-        rnd.left_in_flight = trained.left_in_flight
-        engine.drained(trained.drained)
-        new_arrays, train_metrics = engine.aggregate_train(server_round, trained.replies)
         t_train = time.monotonic() - t_round
         metrics: dict[str, float] = {}
         if new_arrays is not None:
@@ -162,7 +156,7 @@ class SyncRounds(Stage):
         self.bytes_down_cum += rnd.log.bytes_down
         self.bytes_up_cum += rnd.log.bytes_up
         metrics.update(rnd.log.metrics())
-        metrics.update(trained.metrics("train_"))
+        metrics.update(exchange_metrics)
         round_time = time.monotonic() - t_round
         self.wall_time_s += round_time
         metrics.update(
@@ -173,6 +167,25 @@ class SyncRounds(Stage):
             wall_time_s=self.wall_time_s,
         )
         return metrics
+
+    def train(
+        self, engine: FlExtFedAvg, server_round: int, spec: RunSpec
+    ) -> tuple[ArrayRecord | None, MetricRecord | None, dict[str, float]]:
+        """One train exchange: the new model (None: unchanged), its metrics, reply times."""
+        messages = engine.configure_train(
+            server_round, spec.result.arrays, spec.train_config, spec.grid
+        )
+        rnd = engine.current
+        assert rnd is not None
+        enough, limit = engine.clock_limits(rnd.needed, spec.timeout)
+        trained = exchange(
+            spec.grid, messages, timeout=limit, enough=enough, in_flight=engine.in_flight
+        )
+        rnd.reply_seconds = trained.by_node()
+        rnd.left_in_flight = trained.left_in_flight
+        engine.drained(trained.drained)
+        new_arrays, train_metrics = engine.aggregate_train(server_round, trained.replies)
+        return new_arrays, train_metrics, trained.metrics("train_")
 
     def state_dict(self) -> dict[str, Any]:
         return {

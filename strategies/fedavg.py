@@ -16,6 +16,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
@@ -36,9 +37,12 @@ from strategies.drivers import CheckpointFn, EvaluateFn, RoundCallback, RunSpec,
 from strategies.evaluation import EvaluationSampler, weighted_means
 from strategies.exchange import InFlight
 from strategies.privacy import PrivacyPlan
+from strategies.replies import TrainReply
 from strategies.round import Round
 from strategies.round_log import RoundLog
 from strategies.sampling import Sampler, SelectorSampler
+from strategies.secure_aggregation import SecureAggregation
+from strategies.secure_rounds import SecAggRounds
 from strategies.settings import check_settings
 from strategies.stage import Stage, load_parts_state, parts_state, unmet_requirements
 from strategies.stages import (
@@ -101,6 +105,7 @@ class FlExtFedAvg(FedAvg):
         early_stopping: EarlyStopping | None = None,
         require_client_info: bool | None = None,
         driver: SyncRounds | None = None,
+        secure_aggregation: SecureAggregation | None = None,
     ) -> None:
         check_settings(
             fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
@@ -124,8 +129,18 @@ class FlExtFedAvg(FedAvg):
         self.privacy, self.compression = privacy, compression
         self.byzantine, self.stragglers = byzantine, stragglers
         self.evaluate_with_train = bool(evaluate_with_train)
-        self.driver = driver or SyncRounds()
-        parts: list[Stage] = [p for p in (stragglers, byzantine, privacy, compression) if p]
+        if secure_aggregation is not None and max_update_norm is not None:
+            raise ValueError(
+                "max_update_norm cannot be checked under secure aggregation (the server sees "
+                "only masked vectors): drop it; clients clip to secure_aggregation.clip_range"
+            )
+        if driver is None:
+            driver = SecAggRounds(secure_aggregation) if secure_aggregation else SyncRounds()
+        self.driver = driver
+        self.secure_aggregation = secure_aggregation
+        parts: list[Stage] = [
+            p for p in (stragglers, byzantine, privacy, compression, secure_aggregation) if p
+        ]
         selector = selector or UniformSelector(
             fraction=fraction_train, minimum=min_train_nodes, seed=seed
         )
@@ -267,6 +282,13 @@ class FlExtFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check every reply, aggregate the valid updates, or skip the round."""
+        updates, accepted = self.accept_train(server_round, replies)
+        return self.finish_train(server_round, updates, accepted)
+
+    def accept_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[torch.Tensor, list[TrainReply]]:
+        """The round's valid updates after the clock, the checks and the stages' transforms."""
         rnd = self._require_round(server_round)
         rnd.replies = list(replies)
         rnd.reply_bytes = {
@@ -288,6 +310,13 @@ class FlExtFedAvg(FedAvg):
             stage.on_accepted(rnd, accepted)
         for stage in self.stages:
             updates, accepted = stage.transform(rnd, updates, accepted)
+        return updates, accepted
+
+    def finish_train(
+        self, server_round: int, updates: torch.Tensor, accepted: list[TrainReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate (unless the round is skipped), collect the metrics, step the server."""
+        rnd = self._require_round(server_round)
         delta = None
         if rnd.log.skipped is None or self.aggregation.min_inputs() == 0:
             delta = self.aggregation.aggregate(rnd, updates, accepted)

@@ -47,6 +47,9 @@ class Round:
     durations: dict[int, float] = field(default_factory=dict)  # round time per answering node
     max_update_norm: float | None = None  # an update with a larger L2 norm is rejected
     reference: torch.Tensor | None = None  # the server's own update (FLTrust), if made
+    masked: dict[int, np.ndarray] = field(default_factory=dict)  # secure aggregation's inputs
+    secure_sum: torch.Tensor | None = None  # their unmasked weighted mean (None: abandoned)
+    secure: dict[str, float] | None = None  # the protocol's parameters and telemetry
     # the aggregation as an omniscient attacker evaluates it (its state untouched)
     preview: Callable[[torch.Tensor], torch.Tensor] | None = None
 

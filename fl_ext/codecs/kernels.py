@@ -303,3 +303,19 @@ def float16_to_float32(bits: np.ndarray, out: np.ndarray, words: np.ndarray) -> 
         else:
             words[i] = sign | ((exp + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13))
     return bad == 0
+
+
+@numba.njit(cache=True, parallel=True)
+def quantize_range(
+    x: np.ndarray, clip: float, levels: int, weight: int, seed: np.uint64, out: np.ndarray
+) -> None:  # fmt: skip
+    """Fixed-range stochastic rounding: ``weight * floor(clip(x)/clip*levels + u)``.
+
+    The secure sum's quantizer: every client uses the same range (no per-client scale can
+    travel through the mask), values land in [-levels, levels], unbiased, then weighted.
+    """
+    inv = levels / clip
+    for i in prange(x.shape[0]):
+        v = min(clip, max(-clip, np.float64(x[i]))) * inv
+        q = min(levels, max(-levels, int(np.floor(v + _uniform(seed, i)))))
+        out[i] = q * weight
