@@ -33,7 +33,7 @@ from fl_ext.compat import (
     schema_mismatch,
 )
 from fl_ext.params import get_weights
-from fl_ext.refusals import DECLINED, BudgetExhausted
+from fl_ext.refusals import DECLINED, DROPPED, BudgetExhausted
 from flwr_records import named_array_record
 
 ClientFn = Callable[[Context, dict[str, Any]], NumPyClient]
@@ -105,6 +105,10 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
     ``eval-accuracy`` and ``eval-num-examples`` to the reply (one exchange per round).
     """
     config = _config(msg)
+    if config.get("simulate-dropout") == "train":  # simulation: this client vanishes now
+        return Message(
+            Error(code=DROPPED, reason="simulated dropout in the train phase"), reply_to=msg
+        )
     record = _arrays(msg)
     client = client_fn(context, config)
     schema = client_schema(client)

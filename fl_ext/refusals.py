@@ -6,6 +6,7 @@ recognise them without importing what it does not use.
 
 DECLINED = 4001  # the client's privacy budget cannot pay for the round
 INCOMPATIBLE = 4002  # the server's fl-ext version or model schema cannot work with the client
+DROPPED = 4003  # simulation: the client stops answering (``simulate-dropout``)
 
 
 class BudgetExhausted(RuntimeError):

@@ -39,8 +39,10 @@ from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
 from simulations.network_build import build_network
 from simulations.privacy_build import build_privacy, check_privacy_federation
+from simulations.secagg_build import build_secagg
 from strategies import FlExtFedAvg
 from strategies.compression import AdaptiveCompression, Compression
+from strategies.dropout import SimulatedDropout
 from strategies.stragglers import RoundPolicy, StragglerPolicy
 
 log = logging.getLogger("fl_ext")
@@ -98,6 +100,16 @@ def build(experiment: Experiment) -> Built:
         early_stopping = EarlyStopping(**stopping) if stopping.get("patience") is not None else None
         stragglers = build_network(conf)
         link_adaptive_codec(conf, compression, stragglers)
+        size = sum(int(a.size) for a in get_weights(model).values())
+        secure = build_secagg(conf, size=size)
+        if secure is not None and strategy_cfg.get("max_update_norm") is not None:
+            log.warning(
+                "strategy.max_update_norm=%s is not checked under secure aggregation (the "
+                "server sees masked vectors only): clients clip to secagg.clip_range=%s instead",
+                strategy_cfg.max_update_norm,
+                secure.clip_range,
+            )
+            strategy_cfg.max_update_norm = None
         strategy = instantiate(
             strategy_cfg,
             aggregation=aggregation,
@@ -109,6 +121,8 @@ def build(experiment: Experiment) -> Built:
             stragglers=stragglers,
             server_opt=server_opt,
             early_stopping=early_stopping,
+            secure_aggregation=secure,
+            stages=build_dropout(conf, secure is not None),
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -146,6 +160,20 @@ def build(experiment: Experiment) -> Built:
         train_config,
         ConfigRecord(data_keys),
     )
+
+
+def build_dropout(conf: dict[str, Any], secure: bool) -> list[SimulatedDropout]:
+    """The simulated-dropout stage ``dropout.fraction > 0`` asks for (none otherwise)."""
+    spec = dict(conf.get("dropout") or {})
+    unknown = sorted(set(spec) - {"fraction", "phase"})
+    if unknown:
+        raise ValueError(f"dropout.{unknown[0]} is not a setting; settings: fraction, phase")
+    fraction, phase = spec.get("fraction", 0.0), spec.get("phase", "train")
+    if not fraction:
+        return []
+    if phase != "train" and not secure:
+        raise ValueError(f"dropout.phase={phase} needs secure aggregation; without it: train")
+    return [SimulatedDropout(fraction=fraction, phase=phase, seed=int(conf["seed"]))]
 
 
 def link_adaptive_codec(

@@ -220,6 +220,8 @@ class FlExtFedAvg(FedAvg):
 
     def check_federation(self, num_nodes: int) -> None:
         """Raise ValueError if a round on ``num_nodes`` connected nodes can never aggregate."""
+        if self.secure_aggregation is not None:
+            self.secure_aggregation.check_start(num_nodes=num_nodes)
         asked = self.sampler.sample_size(num_nodes)
         need, why = self.aggregation.requirement()
         if asked < need:

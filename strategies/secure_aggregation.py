@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from fl_ext.secagg.wire import RoundParams
 from fl_ext.validation import Rejection, RejectReason, check_metrics
 from strategies.aggregation import Aggregation
 from strategies.decoding import Decoder
+from strategies.distributed_dp import DistributedDP
 from strategies.replies import TRAIN_BOUNDS, TrainReply, _single_metrics
 from strategies.round import Round
 from strategies.stage import ConfigValue
@@ -95,6 +97,9 @@ class SecureAggregation(Decoder, Aggregation):
         min_survivors: int = 2,
         timeouts: PhaseTimeouts | dict[str, float] | None = None,
         seed: int | None = None,
+        dp: DistributedDP | None = None,
+        size: int | None = None,
+        num_rounds: int | None = None,
     ) -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
@@ -125,18 +130,28 @@ class SecureAggregation(Decoder, Aggregation):
         self.seed = seed
         self.rounds_abandoned = 0
         self.replaceable = False
+        self.dp = dp
+        self.size = size
+        if dp is not None:
+            if size is None or num_rounds is None:
+                raise ValueError("distributed DP needs the model size and num_rounds to plan")
+            dp.plan(
+                num_rounds=num_rounds, size=size, scale=levels / self.clip_range,
+                max_weight=max_weight, min_survivors=min_survivors,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ planning
     def encoding(self, *, size: int, max_clients: int) -> SecAggEncoding:
         """The round's encoding; refuses a modulus that could wrap, with the numbers."""
+        noise = self.dp.noise_bound(max_clients) if self.dp is not None else 0
         return SecAggEncoding.plan(
             clip_range=self.clip_range, levels=self.levels, max_weight=self.max_weight,
-            max_clients=max_clients, size=size, bits=self.bits,
+            max_clients=max_clients, size=size, bits=self.bits, noise_bound=noise,
         )  # fmt: skip
 
-    def check_start(self, *, num_nodes: int, size: int) -> None:
+    def check_start(self, *, num_nodes: int) -> None:
         """Fail at start if the largest possible round could wrap or never reach t."""
-        self.encoding(size=size, max_clients=num_nodes)
+        self.encoding(size=self.size or 1, max_clients=num_nodes)
         degree = self.planned_degree(num_nodes)
         t = threshold_for(degree, self.threshold)
         if max(t, self.min_survivors) > num_nodes:
@@ -177,7 +192,20 @@ class SecureAggregation(Decoder, Aggregation):
             **encoding.config(),
             "secagg-params": params.to_bytes(),
             "secagg-examples-per-weight": self.examples_per_weight,
+            **(self.dp.config() if self.dp is not None else {}),
         }
+
+    # ------------------------------------------------------------------ privacy
+    def stop_reason(self, server_round: int, nodes: Sequence[int]) -> str | None:
+        """The distributed-DP budget cannot pay for a round of the fewest survivors."""
+        return self.dp.stop_reason(self.min_survivors) if self.dp is not None else None
+
+    def spent(self, rnd: Round, survivors: int) -> None:
+        """Record the noise the unmasked sum carried (a round that unmasked nothing spent none)."""
+        if self.dp is not None:
+            record = self.dp.record(rnd.number, survivors)
+            assert rnd.secure is not None
+            rnd.secure["dp_epsilon"] = float(record["client_level_epsilon"])
 
     # ------------------------------------------------------------------ decoder
     def parse(
@@ -231,15 +259,25 @@ class SecureAggregation(Decoder, Aggregation):
         return f"SecureAggregation({self.graph}, threshold={self.threshold})"
 
     def metrics(self, rnd: Round) -> dict[str, float]:
-        return {f"secagg_{k}": float(v) for k, v in (rnd.secure or {}).items()} | {
-            "secagg_rounds_abandoned": float(self.rounds_abandoned)
-        }
+        out = {f"secagg_{k}": float(v) for k, v in (rnd.secure or {}).items()}
+        out["secagg_rounds_abandoned"] = float(self.rounds_abandoned)
+        if self.dp is not None:
+            out.update(self.dp.ledger.metrics())
+        return out
 
     def summary(self) -> str:
+        dp = (
+            ""
+            if self.dp is None
+            else (
+                f", distributed DP (Skellam) epsilon {self.dp.epsilon} delta {self.dp.delta}, "
+                f"L2 clip {self.dp.l2_clip}, mu per client {self.dp.mu_client:.4g}"
+            )
+        )
         return (
             f"secure aggregation: {self.graph} graph, threshold {self.threshold}, clip "
             f"{self.clip_range}, {self.levels} levels, weight cap {self.max_weight}, "
-            f"bits {self.bits or 'auto'}"
+            f"bits {self.bits or 'auto'}{dp}"
         )
 
     def state_dict(self) -> dict[str, Any]:

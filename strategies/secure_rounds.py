@@ -98,6 +98,7 @@ class SecAggRounds(SyncRounds):
             return self._abandon(engine, server_round, session, str(err), updates, accepted)
         rnd.secure_sum = torch.from_numpy(mean)
         telemetry["total_weight"] = float(weight)
+        self.secure.spent(rnd, session.survivors["masked"])
         self._telemetry(rnd, session, encoding.size)
         new_arrays, metrics = engine.finish_train(server_round, updates, accepted)
         return new_arrays, metrics, trained.metrics("train_")

@@ -21,11 +21,13 @@ import secrets
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from clients.mods.common import error_reply, is_train, message_config, single_array_record
+from fl_ext.privacy.skellam import sample_skellam
+from fl_ext.refusals import DROPPED
 from fl_ext.secagg.client import ClientSession
 from fl_ext.secagg.encoding import SecAggEncoding
 from fl_ext.secagg.keys import SecAggError
@@ -39,6 +41,7 @@ REPLY_KEY = "secagg"
 MASKED_KEY = "masked"
 PARAMS_KEY = "secagg-params"
 DROPOUT_KEY = "simulate-dropout"
+PHASES = ("keys", "shares", "train", "unmask")
 
 
 def _params(config: dict[str, object]) -> RoundParams:
@@ -63,8 +66,8 @@ def _store(context: Context, session: ClientSession) -> None:
 
 def _dropped(msg: Message, config: dict[str, object], phase: str) -> Message | None:
     """Simulation: the node stops answering from ``phase`` on (an error reply, as a crash)."""
-    if config.get(DROPOUT_KEY) == phase:
-        return error_reply(msg, f"simulated dropout in the {phase} phase")
+    if config.get(DROPOUT_KEY) in PHASES[: PHASES.index(phase) + 1]:  # from that phase on
+        return Message(Error(DROPPED, f"simulated dropout in the {phase} phase"), reply_to=msg)
     return None
 
 
@@ -176,7 +179,18 @@ def _masked_update(
     count = metrics.pop("num-examples", 1)
     per = config.get("secagg-examples-per-weight", 1)
     weight = encoding.weight_of(int(count), per if isinstance(per, int) else 1)
-    words = encoding.encode(update, weight=weight, seed=secrets.randbits(64))
+    noise = None
+    mu = config.get("secagg-dp-mu")
+    if isinstance(mu, float) and mu > 0:  # distributed DP: clip in L2, add our noise share
+        clip = float(config.get("secagg-dp-l2-clip", 0.0))  # type: ignore[arg-type]
+        if not clip > 0:
+            raise SecAggError(f"secagg-dp-l2-clip must be > 0, got {clip}")
+        norm = float(np.linalg.norm(update.astype(np.float64)))
+        if norm > clip:
+            update = update * np.float32(clip / norm)
+        rng = np.random.default_rng(secrets.randbits(128))
+        noise = sample_skellam(mu, encoding.size, rng)
+    words = encoding.encode(update, weight=weight, seed=secrets.randbits(64), noise=noise)
     masked = session.masked(words, sealed)
     _store(context, session)
     reply.content["metrics"] = MetricRecord(metrics)

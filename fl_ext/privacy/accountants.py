@@ -5,6 +5,11 @@ Poisson-subsampled Gaussian mechanism with sampling rate ``q`` and noise multipl
 (the event ``SelfComposed(PoissonSampled(q, Gaussian(sigma)), steps)`` of dp-accounting).
 ``compute_epsilon(history, delta, accountant)`` is a pure function of it: the state is the
 history (kept by the ledger), the math is the libraries'.
+
+A client-level history may also hold :class:`~fl_ext.privacy.skellam.SkellamSteps` (the
+distributed Skellam mechanism under secure aggregation). PRV and PLD have no Skellam event, so
+a history with one is composed by RDP whatever the accountant (:func:`composed_by` says which
+was used).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dp_accounting
+import numpy as np
 from dp_accounting import pld
+
+from fl_ext.privacy.skellam import RDP_ORDERS, SkellamSteps, skellam_epsilon
 
 ACCOUNTANTS = ("rdp", "prv", "pld")
 
@@ -42,6 +50,17 @@ class GaussianSteps:
         """``[sigma, q, steps]`` for JSON."""
         return [self.noise_multiplier, self.sample_rate, self.steps]
 
+    def with_steps(self, steps: int) -> GaussianSteps:
+        """The same mechanism, ``steps`` times (budget look-ahead)."""
+        return GaussianSteps(self.noise_multiplier, self.sample_rate, steps)
+
+    def same_mechanism(self, other: object) -> bool:
+        """Whether ``other`` differs from this entry only in its number of steps."""
+        return isinstance(other, GaussianSteps) and (
+            self.noise_multiplier,
+            self.sample_rate,
+        ) == (other.noise_multiplier, other.sample_rate)
+
     @classmethod
     def from_list(cls, value: object) -> GaussianSteps:
         """Inverse of :meth:`as_list`, validated (ledger files are input from outside)."""
@@ -51,6 +70,29 @@ class GaussianSteps:
         if isinstance(steps, float) and steps.is_integer():
             steps = int(steps)
         return cls(float(sigma), float(q), steps)
+
+
+HistoryEntry = GaussianSteps | SkellamSteps
+
+
+def entry_to_json(entry: HistoryEntry) -> list[float | int] | dict[str, list[float | int]]:
+    """One history entry for JSON, in a form old ledger files already have for Gaussian ones.
+
+    Gaussian entries stay ``[sigma, q, steps]`` (the original format); Skellam ones are tagged
+    ``{"skellam": [mu, l1, l2, steps]}``, so files without them read as before.
+    """
+    if isinstance(entry, SkellamSteps):
+        return {"skellam": entry.as_list()}
+    return entry.as_list()
+
+
+def entry_from_json(value: object) -> HistoryEntry:
+    """Inverse of :func:`entry_to_json`, validated."""
+    if isinstance(value, dict):
+        if set(value) != {"skellam"}:
+            raise ValueError(f'a tagged history entry is {{"skellam": [...]}}, got {value!r}')
+        return SkellamSteps.from_list(value["skellam"])
+    return GaussianSteps.from_list(value)
 
 
 def check_delta(delta: float) -> float:
@@ -67,32 +109,63 @@ def check_accountant(name: str) -> str:
     return name
 
 
-def merged_history(history: Sequence[GaussianSteps]) -> tuple[GaussianSteps, ...]:
-    """Adjacent entries with the same (sigma, q) merged: composition only adds steps."""
-    out: list[GaussianSteps] = []
+def merged_history(history: Sequence[HistoryEntry]) -> tuple[HistoryEntry, ...]:
+    """Adjacent entries of the same mechanism merged: composition only adds steps."""
+    out: list[HistoryEntry] = []
     for h in history:
         if h.steps == 0:
             continue
-        if out and (out[-1].noise_multiplier, out[-1].sample_rate) == (
-            h.noise_multiplier,
-            h.sample_rate,
-        ):
-            out[-1] = GaussianSteps(h.noise_multiplier, h.sample_rate, out[-1].steps + h.steps)
+        if out and out[-1].same_mechanism(h):
+            out[-1] = out[-1].with_steps(out[-1].steps + h.steps)
         else:
             out.append(h)
     return tuple(out)
 
 
-def compute_epsilon(history: Sequence[GaussianSteps], delta: float, accountant: str) -> float:
-    """Epsilon of the composed history at ``delta``; ``inf`` if some step had no noise."""
+def composed_by(history: Sequence[HistoryEntry], accountant: str) -> str:
+    """The accountant that :func:`compute_epsilon` really uses for ``history``."""
+    skellam = any(isinstance(h, SkellamSteps) for h in merged_history(history))
+    return "rdp" if skellam else accountant
+
+
+def compute_epsilon(history: Sequence[HistoryEntry], delta: float, accountant: str) -> float:
+    """Epsilon of the composed history at ``delta``; ``inf`` if some step had no noise.
+
+    A history with a :class:`SkellamSteps` entry is composed by RDP for every ``accountant``
+    (PRV and PLD fall back to RDP): Gaussian entries by Opacus' ``compute_rdp``, Skellam ones
+    by :func:`~fl_ext.privacy.skellam.skellam_rdp`, summed on
+    :data:`~fl_ext.privacy.skellam.RDP_ORDERS` and converted once.
+    """
     check_delta(delta)
     check_accountant(accountant)
     merged = merged_history(history)
     if not merged:
         return 0.0
-    if any(h.noise_multiplier == 0 for h in merged):
+    if any(isinstance(h, GaussianSteps) and h.noise_multiplier == 0 for h in merged):
         return math.inf
+    if any(isinstance(h, SkellamSteps) for h in merged):
+        return _mixed_epsilon_cached(merged, float(delta))
     return _epsilon_cached(merged, float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mixed_epsilon_cached(history: tuple[HistoryEntry, ...], delta: float) -> float:
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    gaussian = np.zeros(len(RDP_ORDERS))
+    for h in history:
+        if isinstance(h, GaussianSteps):
+            gaussian = gaussian + np.asarray(
+                compute_rdp(
+                    q=h.sample_rate,
+                    noise_multiplier=h.noise_multiplier,
+                    steps=h.steps,
+                    orders=list(RDP_ORDERS),
+                ),
+                dtype=np.float64,
+            )
+    skellam = [h for h in history if isinstance(h, SkellamSteps)]
+    return skellam_epsilon(skellam, delta, extra_rdp=gaussian)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -3,7 +3,10 @@
 Two guarantees are tracked:
 
 * client-level (who took part is protected): one history for the federation, one entry per
-  round of the server's Gaussian mechanism on clipped client updates;
+  round of the server's Gaussian mechanism on clipped client updates, or of the distributed
+  Skellam mechanism under secure aggregation (:class:`~fl_ext.privacy.skellam.SkellamSteps`;
+  a history with one is composed by RDP whatever the accountant, and the round's record says
+  so with ``"composed_by": "rdp"``);
 * sample-level (each example is protected): one history per client, from the DP-SGD steps its
   own data went through. Clients hold disjoint data, so by parallel composition the
   federation's sample-level guarantee is the worst client's: ``max_i epsilon_i`` at the same
@@ -27,9 +30,14 @@ from typing import Any
 
 from fl_ext.privacy.accountants import (
     GaussianSteps,
+    HistoryEntry,
     check_accountant,
     check_delta,
+    composed_by,
     compute_epsilon,
+    entry_from_json,
+    entry_to_json,
+    merged_history,
 )
 
 FORMAT = "fl-ext-privacy-ledger/1"
@@ -64,12 +72,12 @@ class PrivacyLedger:
         self.target_epsilon = _check_budget("target_epsilon", target_epsilon)
         self.client_target_epsilon = _check_budget("client_target_epsilon", client_target_epsilon)
         self.path = None if path is None else Path(path)
-        self.client_level: list[GaussianSteps] = []
+        self.client_level: list[HistoryEntry] = []
         self.sample_level: dict[str, list[GaussianSteps]] = {}
         self.rounds: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- epsilon
-    def client_level_epsilon(self, extra: GaussianSteps | None = None) -> float:
+    def client_level_epsilon(self, extra: HistoryEntry | None = None) -> float:
         history = [*self.client_level, *([extra] if extra else [])]
         return compute_epsilon(history, self.delta, self.accountant)
 
@@ -82,7 +90,7 @@ class PrivacyLedger:
         return max((self.sample_level_epsilon(c) for c in self.sample_level), default=0.0)
 
     # ------------------------------------------------------------------ budgets
-    def client_level_fits(self, entry: GaussianSteps) -> bool:
+    def client_level_fits(self, entry: HistoryEntry) -> bool:
         return self.target_epsilon is None or (
             self.client_level_epsilon(entry) <= self.target_epsilon
         )
@@ -92,14 +100,12 @@ class PrivacyLedger:
             self.sample_level_epsilon(client, entry) <= self.client_target_epsilon
         )
 
-    def rounds_that_fit(self, entry: GaussianSteps, limit: int) -> int:
+    def rounds_that_fit(self, entry: HistoryEntry, limit: int) -> int:
         """How many more rounds of ``entry`` the client-level budget allows (up to ``limit``)."""
         if self.target_epsilon is None:
             return limit
         fits = 0
-        while fits < limit and self.client_level_fits(
-            GaussianSteps(entry.noise_multiplier, entry.sample_rate, entry.steps * (fits + 1))
-        ):
+        while fits < limit and self.client_level_fits(entry.with_steps(entry.steps * (fits + 1))):
             fits += 1
         return fits
 
@@ -121,7 +127,7 @@ class PrivacyLedger:
         server_round: int,
         *,
         mechanism: str,
-        client_level: GaussianSteps | None = None,
+        client_level: HistoryEntry | None = None,
         sample_level: Mapping[str, GaussianSteps] | None = None,
         details: Mapping[str, float | int | str] | None = None,
         already_spent: bool = False,
@@ -135,6 +141,9 @@ class PrivacyLedger:
         server's own and always checked before it is applied.
         """
         sample_level = dict(sample_level or {})
+        for client, entry in sample_level.items():
+            if not isinstance(entry, GaussianSteps):  # DP-SGD is Gaussian; files expect it
+                raise ValueError(f"sample-level entry of client {client} must be GaussianSteps")
         if client_level is not None and not self.client_level_fits(client_level):
             raise BudgetExceeded(
                 f"round {server_round} would take client-level epsilon to "
@@ -155,8 +164,9 @@ class PrivacyLedger:
             "mechanism": mechanism,
             "accountant": self.accountant,
             "delta": self.delta,
-            "client_level": None if client_level is None else client_level.as_list(),
+            "client_level": None if client_level is None else entry_to_json(client_level),
             "client_level_epsilon": self.client_level_epsilon(),
+            **self._composed_by(),
             "sample_level": {c: e.as_list() for c, e in sample_level.items()},
             "sample_level_epsilon": {c: self.sample_level_epsilon(c) for c in sample_level},
             "sample_level_epsilon_max": self.max_sample_level_epsilon(),
@@ -165,6 +175,16 @@ class PrivacyLedger:
         self.rounds.append(record)
         self.save()
         return record
+
+    def _composed_by(self) -> dict[str, str]:
+        """``{"composed_by": "rdp"}`` once the client-level history holds a Skellam entry.
+
+        Such a history is composed by RDP whatever the accountant. A Gaussian-only history adds
+        nothing: its records stay as they were (the record's ``accountant`` composed it).
+        """
+        if all(isinstance(e, GaussianSteps) for e in merged_history(self.client_level)):
+            return {}
+        return {"composed_by": composed_by(self.client_level, self.accountant)}
 
     def sample_level_over_budget(self, client: str) -> bool:
         """Whether ``client``'s recorded spend is past its sample-level budget."""
@@ -189,7 +209,7 @@ class PrivacyLedger:
             "delta": self.delta,
             "target_epsilon": self.target_epsilon,
             "client_target_epsilon": self.client_target_epsilon,
-            "client_level": [e.as_list() for e in self.client_level],
+            "client_level": [entry_to_json(e) for e in self.client_level],
             "sample_level": {c: [e.as_list() for e in h] for c, h in self.sample_level.items()},
             "rounds": self.rounds,
         }
@@ -248,7 +268,7 @@ class PrivacyLedger:
                     f"for {want!r}: use the same {key}, or another ledger path"
                 )
         try:
-            ledger.client_level = [GaussianSteps.from_list(e) for e in data["client_level"]]
+            ledger.client_level = [entry_from_json(e) for e in data["client_level"]]
             ledger.sample_level = {
                 str(c): [GaussianSteps.from_list(e) for e in h]
                 for c, h in data["sample_level"].items()
