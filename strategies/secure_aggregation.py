@@ -162,9 +162,11 @@ class SecureAggregation(Decoder, Aggregation):
             )
 
     def planned_degree(self, n: int) -> int:
+        """Neighbours per node (the graph rounds an odd degree up when n is odd)."""
         if self.graph == "full" or n <= 2:
             return max(n - 1, 1)
-        return min(n - 1, self.degree or default_degree(n))
+        degree = min(n - 1, self.degree or default_degree(n))
+        return degree + 1 if degree % 2 and n % 2 and degree < n - 1 else degree
 
     def open_round(self, rnd: Round, nodes: list[int]) -> tuple[ServerSession, SecAggEncoding]:
         """The round's server session over ``nodes`` and the encoding they use."""

@@ -11,7 +11,11 @@ Phases, each a method the client's message handler calls with what the server se
    plus the self mask plus one pairwise mask per live neighbour (signs cancel in the sum);
 4. :meth:`ClientSession.unmask`: the self-mask share of every neighbour the server says
    survived, the key share of every one it says dropped; never both for one peer, and only
-   once per round (the check that stops a server from unmasking one client's input).
+   once per round. With a threshold above half the neighbourhood (checked in phase 2) this
+   stops a server from unmasking one client's input: it would need ``t`` seed shares and
+   ``t`` key shares from ``2t > k`` holders, so one holder would have to give both. A server
+   that also tells different holders different survivor sets is out of this model (Bonawitz
+   et al.'s consistency round with signatures is not implemented).
 
 The session is kept between messages as bytes (:meth:`to_state` / :meth:`from_state`), since a
 ClientApp may be a new process for every message. Every input is checked; a violation is a
@@ -89,6 +93,11 @@ class ClientSession:
         if len(neighbours) < t:
             raise SecAggError(
                 f"{len(neighbours)} neighbours cannot hold a {t}-of-{len(neighbours)} sharing"
+            )
+        if 2 * t <= len(neighbours):
+            raise SecAggError(
+                f"threshold {t} of {len(neighbours)} neighbours is not a majority: a server could "
+                "collect both secrets from disjoint holders; refused"
             )
         seen = {self.enc.public, self.mask.public}
         for peer, (enc_pk, mask_pk) in neighbours.items():

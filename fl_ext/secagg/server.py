@@ -267,9 +267,7 @@ class ServerSession:
         if len(points) < t:
             raise SecAggAbort(f"node {owner}'s {what}: {len(points)} shares, {t} needed")
         xy = [(x, y) for x, y, _ in points]
-        for tried, subset in enumerate(itertools.combinations(range(len(xy)), t)):
-            if tried >= MAX_SUBSETS:
-                break
+        for subset in _subsets(len(xy), t):
             chosen = [xy[i] for i in subset]
             try:
                 secret = shamir.combine(chosen, threshold=t, length=length)
@@ -293,8 +291,33 @@ class ServerSession:
             )
 
 
+def _subsets(count: int, t: int) -> list[tuple[int, ...]]:
+    """``t``-subsets of ``range(count)``, fewest points left out first (at most MAX_SUBSETS).
+
+    With ``m`` liars among the holders an honest subset comes within ``1 + m + C(m, 2)...``
+    tries, whatever order the answers arrived in.
+    """
+    out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
+    for m in range(count - t + 1):
+        for left_out in itertools.combinations(range(count), m):
+            subset = tuple(i for i in range(count) if i not in left_out)[:t]
+            if subset not in seen:
+                seen.add(subset)
+                out.append(subset)
+                if len(out) >= MAX_SUBSETS:
+                    return out
+    return out
+
+
 def threshold_for(degree: int, fraction: float) -> int:
-    """``ceil(fraction * degree)``, at least 1: the shares needed to reconstruct a secret."""
+    """Shares needed to reconstruct a secret: ``ceil(fraction * degree)``, at least a majority.
+
+    ``t > degree / 2`` is what makes the clients' "never both shares of one peer" rule
+    sufficient: to unmask one client a server would need ``t`` seed shares and ``t`` key
+    shares from ``2t > degree`` holders, so one holder would have to give both, and it
+    refuses.
+    """
     if not 0 < fraction <= 1:
         raise ValueError(f"threshold fraction must be in (0, 1], got {fraction}")
-    return max(1, math.ceil(fraction * degree))
+    return max(degree // 2 + 1, math.ceil(fraction * degree))
