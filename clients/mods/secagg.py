@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -61,7 +62,8 @@ def _session(context: Context, params: RoundParams) -> ClientSession:
 
 
 def _store(context: Context, session: ClientSession) -> None:
-    context.state[STATE_KEY] = ConfigRecord(session.to_state())
+    values: dict[str, Any] = dict(session.to_state())
+    context.state[STATE_KEY] = ConfigRecord(values)
 
 
 def _dropped(msg: Message, config: dict[str, object], phase: str) -> Message | None:
@@ -91,7 +93,8 @@ def secagg_query(msg: Message, context: Context) -> Message:
     except SecAggError as err:
         return error_reply(msg, f"secure aggregation ({phase}): {err}")
     _store(context, session)
-    return Message(RecordDict({REPLY_KEY: ConfigRecord(out)}), reply_to=msg)
+    values: dict[str, Any] = dict(out)
+    return Message(RecordDict({REPLY_KEY: ConfigRecord(values)}), reply_to=msg)
 
 
 def _keys(session: ClientSession, config: dict[str, object]) -> dict[str, bytes]:
@@ -178,7 +181,8 @@ def _masked_update(
     metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
     count = metrics.pop("num-examples", 1)
     per = config.get("secagg-examples-per-weight", 1)
-    weight = encoding.weight_of(int(count), per if isinstance(per, int) else 1)
+    examples = int(count) if isinstance(count, int | float) else 1
+    weight = encoding.weight_of(examples, per if isinstance(per, int) else 1)
     noise = None
     mu = config.get("secagg-dp-mu")
     if isinstance(mu, float) and mu > 0:  # distributed DP: clip in L2, add our noise share

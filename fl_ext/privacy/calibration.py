@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from fl_ext.privacy.accountants import GaussianSteps, check_accountant, check_delta, compute_epsilon
+from fl_ext.privacy.accountants import (
+    GaussianSteps,
+    HistoryEntry,
+    check_accountant,
+    check_delta,
+    compute_epsilon,
+)
 
 MAX_NOISE_MULTIPLIER = 100.0
 
@@ -20,7 +26,7 @@ def calibrate_noise_multiplier(
     sample_rate: float,
     steps: int,
     accountant: str,
-    spent: tuple[GaussianSteps, ...] = (),
+    spent: tuple[HistoryEntry, ...] = (),
     max_noise_multiplier: float = MAX_NOISE_MULTIPLIER,
     rel_tol: float = 1e-3,
 ) -> float:

@@ -215,20 +215,27 @@ class ClientSession:
     @classmethod
     def from_state(cls, state: Mapping[str, object]) -> ClientSession:
         """Inverse of :meth:`to_state`."""
+
+        def raw(key: str) -> bytes:
+            value = state[key]
+            if not isinstance(value, bytes):
+                raise SecAggError(f"stored secure-aggregation state: {key!r} is not bytes")
+            return value
+
         try:
-            enc, mask = bytes(state["enc"]), bytes(state["mask"])  # type: ignore[arg-type]
+            enc, mask = raw("enc"), raw("mask")
             phase = str(state["phase"])
             if phase not in PHASES:
                 raise SecAggError(f"stored phase {phase!r} is not one of {PHASES}")
             return cls(
                 node=int(str(state["node"])),
-                params=RoundParams.from_bytes(bytes(state["params"])),  # type: ignore[arg-type]
+                params=RoundParams.from_bytes(raw("params")),
                 enc=keys.KeyPair(private=enc, public=keys.public_from_private(enc)),
                 mask=keys.KeyPair(private=mask, public=keys.public_from_private(mask)),
-                seed=bytes(state["seed"]),  # type: ignore[arg-type]
+                seed=raw("seed"),
                 phase=phase,
-                peers=unpack_keys(bytes(state["peers"])),  # type: ignore[arg-type]
-                held=unpack_shares(bytes(state["held"])),  # type: ignore[arg-type]
+                peers=unpack_keys(raw("peers")),
+                held=unpack_shares(raw("held")),
             )
         except KeyError as err:
             raise SecAggError(f"stored secure-aggregation state lacks {err.args[0]!r}") from None

@@ -14,6 +14,7 @@ not asked in this phase, a duplicate, or a reply of the wrong shape.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -227,7 +228,7 @@ class ServerSession:
                 n,
                 self.seed_points,
                 "self-mask seed",
-                lambda s, n=n: commitment(p, n, s) == self.commitments[n],
+                functools.partial(self._seed_ok, n),
                 32,
             )
             add_mask(total, seed, sign=-1, scratch=scratch)
@@ -239,7 +240,7 @@ class ServerSession:
                 d,
                 self.key_points,
                 "mask key",
-                lambda s, d=d: keys.public_from_private(s) == self.keys[d][1],
+                functools.partial(self._key_ok, d),
                 32,
             )
             for s in partners:
@@ -249,6 +250,12 @@ class ServerSession:
         return total
 
     # ---------------------------------------------------------------- helpers
+    def _seed_ok(self, node: int, seed: bytes) -> bool:
+        return commitment(self.params, node, seed) == self.commitments[node]
+
+    def _key_ok(self, node: int, private: bytes) -> bool:
+        return keys.public_from_private(private) == self.keys[node][1]
+
     def _x_of(self, owner: int, holder: int) -> int:
         """The x coordinate ``owner`` gave ``holder``: its rank among owner's neighbours."""
         return self.graph[owner].index(holder) + 1
