@@ -65,6 +65,8 @@ class ClientSession:
     phase: str = "advertised"
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # id -> (enc, mask) pk
     held: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # id -> (x, y_seed, y_sk)
+    # id -> (seal key, pairwise mask seed), agreed in the share phase so masking only expands
+    links: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, node: int, params: RoundParams) -> ClientSession:
@@ -111,14 +113,18 @@ class ClientSession:
         seed_shares = shamir.split(self.seed, threshold=t, xs=xs)
         key_shares = shamir.split(self.mask.private, threshold=t, xs=xs)
         sealed: dict[int, bytes] = {}
+        links: dict[int, tuple[bytes, bytes]] = {}
         for peer, x, ys, yk in zip(order, xs, seed_shares, key_shares, strict=True):
             key = keys.agree(self.enc.private, neighbours[peer][0], info=seal_info(self.params))
+            pair = keys.agree(self.mask.private, neighbours[peer][1], info=mask_info(self.params))
+            links[peer] = (key, pair)
             plain = (
                 node_bytes(self.node) + node_bytes(peer) + x.to_bytes(2, "big")
                 + shamir.share_to_bytes(ys) + shamir.share_to_bytes(yk)
             )  # fmt: skip
             sealed[peer] = keys.seal(key, plain, aad=aad(self.params, self.node, peer))
         self.peers = dict(neighbours)
+        self.links = links
         self.phase = "shared"
         return sealed, commitment(self.params, self.node, self.seed)
 
@@ -144,8 +150,7 @@ class ClientSession:
             )
         held: dict[int, tuple[int, int, int]] = {}
         for peer, box in sealed.items():
-            key = keys.agree(self.enc.private, self.peers[peer][0], info=seal_info(p))
-            plain = keys.open_sealed(key, box, aad=aad(p, peer, self.node))
+            plain = keys.open_sealed(self.links[peer][0], box, aad=aad(p, peer, self.node))
             if len(plain) != _PLAIN:
                 raise SecAggError(f"share from node {peer} has {len(plain)} bytes, not {_PLAIN}")
             if plain[:8] != node_bytes(peer) or plain[8:16] != node_bytes(self.node):
@@ -158,8 +163,7 @@ class ClientSession:
         scratch = np.empty_like(out)
         add_mask(out, self.seed, sign=1, scratch=scratch)
         for peer in sorted(held):
-            agreed = keys.agree(self.mask.private, self.peers[peer][1], info=mask_info(p))
-            add_mask(out, agreed, sign=mask_sign(self.node, peer), scratch=scratch)
+            add_mask(out, self.links[peer][1], sign=mask_sign(self.node, peer), scratch=scratch)
         out &= out.dtype.type(p.modulus_mask)
         self.held = held
         self.phase = "masked"
@@ -210,6 +214,7 @@ class ClientSession:
             "phase": self.phase,
             "peers": pack_keys(self.peers),
             "held": pack_shares(self.held),
+            "links": pack_keys(self.links),
         }
 
     @classmethod
@@ -236,6 +241,7 @@ class ClientSession:
                 phase=phase,
                 peers=unpack_keys(raw("peers")),
                 held=unpack_shares(raw("held")),
+                links=unpack_keys(raw("links")),
             )
         except KeyError as err:
             raise SecAggError(f"stored secure-aggregation state lacks {err.args[0]!r}") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +63,9 @@ class ServerSession:
     key_points: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
     answered: set[int] = field(default_factory=set)
     liars: set[int] = field(default_factory=set)
+    # check every share, also those a reconstruction did not need (finds every liar; costs
+    # O(shares x threshold) big-integer products, more than the masks at the full graph)
+    audit_shares: bool = False
     survivors: dict[str, int] = field(default_factory=dict)  # phase -> nodes that made it
 
     def __post_init__(self) -> None:
@@ -281,9 +284,19 @@ class ServerSession:
             except SecAggError:
                 continue
             if verify(secret):
-                for i, (x, y, holder) in enumerate(points):
-                    if i not in subset and not shamir.consistent([*chosen, (x, y)], threshold=t):
-                        self.liars.add(holder)
+                others = [i for i in range(len(xy)) if i not in subset]
+                if subset != tuple(range(t)):  # a needed share lied: find every liar
+                    audit = True
+                else:  # the shares used were honest; the others are looked at only on request
+                    audit = self.audit_shares
+                if (
+                    audit
+                    and others
+                    and not shamir.consistent(chosen + [xy[i] for i in others], threshold=t)
+                ):
+                    for i in others:
+                        if not shamir.consistent([*chosen, xy[i]], threshold=t):
+                            self.liars.add(points[i][2])
                 return secret
         raise SecAggAbort(
             f"node {owner}'s {what} cannot be reconstructed: its {len(points)} shares are "
@@ -298,23 +311,21 @@ class ServerSession:
             )
 
 
-def _subsets(count: int, t: int) -> list[tuple[int, ...]]:
+def _subsets(count: int, t: int) -> Iterator[tuple[int, ...]]:
     """``t``-subsets of ``range(count)``, fewest points left out first (at most MAX_SUBSETS).
 
     With ``m`` liars among the holders an honest subset comes within ``1 + m + C(m, 2)...``
     tries, whatever order the answers arrived in.
     """
-    out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
     for m in range(count - t + 1):
         for left_out in itertools.combinations(range(count), m):
             subset = tuple(i for i in range(count) if i not in left_out)[:t]
             if subset not in seen:
                 seen.add(subset)
-                out.append(subset)
-                if len(out) >= MAX_SUBSETS:
-                    return out
-    return out
+                yield subset
+                if len(seen) >= MAX_SUBSETS:
+                    return
 
 
 def threshold_for(degree: int, fraction: float) -> int:

@@ -8,6 +8,7 @@ batch trick), so combining t shares costs O(t^2) modular multiplications.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 
@@ -75,6 +76,17 @@ def _basis_at(xs: Sequence[int], weights: Sequence[int], x: int) -> list[int]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _basis_cached(xs: tuple[int, ...], x: int) -> tuple[int, ...]:
+    """:func:`_basis_at` for a tuple of xs, cached: a round reuses few x-sets many times."""
+    return tuple(_basis_at(xs, _weights_cached(xs), x))
+
+
+@functools.lru_cache(maxsize=1024)
+def _weights_cached(xs: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(_weights(xs))
+
+
 def lagrange_at_zero(xs: Sequence[int]) -> list[int]:
     """Coefficients c_i with f(0) = sum c_i f(x_i) for any polynomial of degree < len(xs)."""
     _check_xs(xs)
@@ -125,7 +137,7 @@ def combine(points: Sequence[tuple[int, int]], *, threshold: int, length: int) -
         raise ValueError(f"length={length!r} must be an int in [0, {SHARE_BYTES}]")
     xs, ys = _split_points(points, threshold)
     xs, ys = xs[:threshold], ys[:threshold]
-    coeffs = _basis_at(xs, _weights(xs), 0)
+    coeffs = _basis_cached(tuple(xs), 0)
     value = sum(c * y for c, y in zip(coeffs, ys, strict=True)) % PRIME
     if value >= 1 << (8 * length):
         raise SecAggError(
@@ -143,10 +155,9 @@ def consistent(points: Sequence[tuple[int, int]], *, threshold: int) -> bool:
     for x in xs[threshold:]:
         if not 1 <= x < PRIME:
             raise ValueError(f"share x-coordinate {x!r} is not an int in [1, PRIME - 1]")
-    base_x, base_y = xs[:threshold], ys[:threshold]
-    weights = _weights(base_x)
+    base_x, base_y = tuple(xs[:threshold]), ys[:threshold]
     for x, y in zip(xs[threshold:], ys[threshold:], strict=True):
-        basis = _basis_at(base_x, weights, x)
+        basis = _basis_cached(base_x, x)
         if sum(b * v for b, v in zip(basis, base_y, strict=True)) % PRIME != y:
             return False
     return True

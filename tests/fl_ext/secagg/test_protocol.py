@@ -760,8 +760,18 @@ def test_a_lying_holder_is_outvoted_and_named():
     liar = h.nodes[3]
     order = [v for v in h.nodes if v != liar] + [liar]
     corrupt = _lie_about(lambda v, table: [next(iter(table))], {liar})
+    h.server.audit_shares = True  # the lie is in a share no reconstruction needs
     np.testing.assert_array_equal(h.unmask(order=order, corrupt=corrupt), h.expected(h.nodes))
     assert h.server.liars == {liar}
+
+
+def test_an_unneeded_lying_share_is_harmless_without_the_audit():
+    h = masked_round(n=10, bits=16, seed=51)
+    liar = h.nodes[3]
+    order = [v for v in h.nodes if v != liar] + [liar]
+    corrupt = _lie_about(lambda v, table: [next(iter(table))], {liar})
+    np.testing.assert_array_equal(h.unmask(order=order, corrupt=corrupt), h.expected(h.nodes))
+    assert h.server.liars == set()  # every secret was verified from honest shares
 
 
 def test_a_holder_lying_about_a_dropped_key_is_outvoted_and_named():
@@ -776,6 +786,7 @@ def test_a_holder_lying_about_a_dropped_key_is_outvoted_and_named():
         return seeds, sks
 
     order = [v for v in h.unmask_req if v != liar] + [liar]
+    h.server.audit_shares = True
     np.testing.assert_array_equal(h.unmask(order=order, corrupt=corrupt), h.expected())
     assert h.server.liars == {liar}
 
