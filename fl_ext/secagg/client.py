@@ -160,10 +160,9 @@ class ClientSession:
             yk = shamir.share_from_bytes(plain[18 + shamir.SHARE_BYTES :])
             held[peer] = (x, ys, yk)
         out = np.array(words, dtype=p.dtype, copy=True)
-        scratch = np.empty_like(out)
-        add_mask(out, self.seed, sign=1, scratch=scratch)
+        add_mask(out, self.seed, sign=1)
         for peer in sorted(held):
-            add_mask(out, self.links[peer][1], sign=mask_sign(self.node, peer), scratch=scratch)
+            add_mask(out, self.links[peer][1], sign=mask_sign(self.node, peer))
         out &= out.dtype.type(p.modulus_mask)
         self.held = held
         self.phase = "masked"

@@ -89,8 +89,12 @@ def mask_words(
     return out
 
 
-def add_mask(acc: np.ndarray, seed: bytes, *, sign: int, scratch: np.ndarray | None = None) -> None:
-    """``acc += sign * mask(seed)`` modulo 2^16 or 2^32 (unsigned wrap-around), in place."""
+def add_mask(acc: np.ndarray, seed: bytes, *, sign: int) -> None:
+    """``acc += sign * mask(seed)`` modulo 2^16 or 2^32 (unsigned wrap-around), in place.
+
+    Fused: the keystream is made in cache-sized chunks and added at once, so a mask costs one
+    keystream pass and one pass over ``acc`` (the words equal :func:`mask_words`'s).
+    """
     if isinstance(sign, bool) or sign not in (1, -1):
         raise ValueError(f"sign must be +1 or -1, got {sign!r}")
     if (
@@ -102,11 +106,30 @@ def add_mask(acc: np.ndarray, seed: bytes, *, sign: int, scratch: np.ndarray | N
     ):
         desc = f"{acc.dtype} shape {acc.shape}" if isinstance(acc, np.ndarray) else type(acc)
         raise ValueError(f"acc must be a writable C-contiguous 1-D uint16/uint32 array, got {desc}")
-    mask = mask_words(seed, acc.size, acc.dtype, out=scratch)
-    if sign == 1:
-        np.add(acc, mask, out=acc)
-    else:
-        np.subtract(acc, mask, out=acc)
+    seed = _check_seed(seed)
+    enc = Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
+    step = _FUSE // acc.dtype.itemsize  # words per chunk: keystream and acc slice stay in cache
+    buf = _fuse_buffer()
+    op = np.add if sign == 1 else np.subtract
+    zeros = _zero_view(_FUSE)
+    for start in range(0, acc.size, step):
+        part = acc[start : start + step]
+        enc.update_into(zeros[: part.nbytes], buf)
+        words = np.frombuffer(buf, dtype=acc.dtype, count=part.size)
+        if sys.byteorder == "big" and acc.dtype.itemsize > 1:
+            words = words.byteswap()
+        op(part, words, out=part)
+
+
+_FUSE = 1 << 19
+_fuse: list[bytearray] = []
+
+
+def _fuse_buffer() -> bytearray:
+    """One reusable chunk buffer (with the slack ``update_into`` asks for)."""
+    if not _fuse:
+        _fuse.append(bytearray(_FUSE + _BLOCK - 1))
+    return _fuse[0]
 
 
 def prg_bytes_per_second(nbytes: int = 1 << 26) -> float:

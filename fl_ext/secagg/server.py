@@ -218,14 +218,13 @@ class ServerSession:
         self.answered.add(node)
         return None
 
-    def close_unmask(self, *, scratch: np.ndarray | None = None) -> np.ndarray:
+    def close_unmask(self) -> np.ndarray:
         """The unmasked sum of the survivors' inputs, mod 2^bits."""
         self.survivors["unmask"] = len(self.answered)
         p = self.params
         total = np.zeros(p.size, dtype=p.dtype)
         for vector in self.vectors.values():
             total += vector
-        scratch = np.empty_like(total) if scratch is None else scratch
         for n in sorted(self.vectors):
             seed = self._recover(
                 n,
@@ -234,7 +233,7 @@ class ServerSession:
                 functools.partial(self._seed_ok, n),
                 32,
             )
-            add_mask(total, seed, sign=-1, scratch=scratch)
+            add_mask(total, seed, sign=-1)
         for d in sorted(set(self.live) - set(self.vectors)):
             partners = sorted(self.live[d] & set(self.vectors))
             if not partners:
@@ -248,7 +247,7 @@ class ServerSession:
             )
             for s in partners:
                 agreed = keys.agree(sk, self.keys[s][1], info=mask_info(p))
-                add_mask(total, agreed, sign=-mask_sign(s, d), scratch=scratch)
+                add_mask(total, agreed, sign=-mask_sign(s, d))
         total &= total.dtype.type(p.modulus_mask)
         return total
 
