@@ -12,10 +12,11 @@ from typing import Any
 
 from fl_ext.privacy.ledger import PrivacyLedger
 from simulations.privacy_build import _ledger_file
-from strategies.distributed_dp import DistributedDP
+from strategies.secagg_dp import CentralDP, DistributedDP
 from strategies.secure_aggregation import SecureAggregation
 
-DP_KEYS = ("epsilon", "delta", "l2_clip", "ledger_path")
+DP_KEYS = ("mode", "epsilon", "delta", "l2_clip", "ledger_path")
+DP_MODES = {"distributed": DistributedDP, "central": CentralDP}
 
 
 def build_secagg(conf: dict[str, Any], *, size: int) -> SecureAggregation | None:
@@ -45,13 +46,16 @@ def build_secagg(conf: dict[str, Any], *, size: int) -> SecureAggregation | None
                 f"secagg.dp.{unknown[0]} is not a setting; settings: {', '.join(DP_KEYS)}"
             )
         delta = dp_spec.get("delta", 1e-5)
+        mode = dp_spec.get("mode", "distributed")
+        if mode not in DP_MODES:
+            raise ValueError(f"secagg.dp.mode must be one of {', '.join(DP_MODES)}, got {mode!r}")
         ledger = PrivacyLedger.open(
             _ledger_file(dp_spec.get("ledger_path"), conf),
             accountant="rdp",
             delta=delta,
             target_epsilon=dp_spec.get("epsilon"),
         )
-        dp = DistributedDP(
+        dp = DP_MODES[mode](
             epsilon=dp_spec.get("epsilon", 0), delta=delta, l2_clip=dp_spec.get("l2_clip", 0),
             ledger=ledger,
         )  # fmt: skip

@@ -37,9 +37,9 @@ from fl_ext.secagg.wire import RoundParams
 from fl_ext.validation import Rejection, RejectReason, check_metrics
 from strategies.aggregation import Aggregation
 from strategies.decoding import Decoder
-from strategies.distributed_dp import DistributedDP
 from strategies.replies import TRAIN_BOUNDS, TrainReply, _single_metrics
 from strategies.round import Round
+from strategies.secagg_dp import DistributedDP
 from strategies.stage import ConfigValue
 
 MASKED_KEY = "masked"
@@ -133,6 +133,11 @@ class SecureAggregation(Decoder, Aggregation):
         self.dp = dp
         self.size = size
         if dp is not None:
+            if max_weight != 1:
+                raise ValueError(
+                    f"secagg.dp needs max_weight=1 (equal weights; the weight sum is not "
+                    f"noised), got {max_weight}"
+                )
             if size is None or num_rounds is None:
                 raise ValueError("distributed DP needs the model size and num_rounds to plan")
             dp.plan(

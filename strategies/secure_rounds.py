@@ -96,6 +96,8 @@ class SecAggRounds(SyncRounds):
             mean, weight = self._unmask(phases, session, encoding, accepted)
         except (SecAggAbort, ValueError) as err:
             return self._abandon(engine, server_round, session, str(err), updates, accepted)
+        if self.secure.dp is not None:
+            mean = self.secure.dp.finish(mean, weight)  # central DP: the server's noise
         rnd.secure_sum = torch.from_numpy(mean)
         telemetry["total_weight"] = float(weight)
         self.secure.spent(rnd, session.survivors["masked"])

@@ -184,16 +184,16 @@ def _masked_update(
     examples = int(count) if isinstance(count, int | float) else 1
     weight = encoding.weight_of(examples, per if isinstance(per, int) else 1)
     noise = None
-    mu = config.get("secagg-dp-mu")
-    if isinstance(mu, float) and mu > 0:  # distributed DP: clip in L2, add our noise share
-        clip = float(config.get("secagg-dp-l2-clip", 0.0))  # type: ignore[arg-type]
-        if not clip > 0:
-            raise SecAggError(f"secagg-dp-l2-clip must be > 0, got {clip}")
+    clip = config.get("secagg-dp-l2-clip")
+    if clip is not None:  # DP: clip in L2 (and, distributed, add our share of the noise)
+        if not (isinstance(clip, float) and clip > 0):
+            raise SecAggError(f"secagg-dp-l2-clip must be a float > 0, got {clip!r}")
         norm = float(np.linalg.norm(update.astype(np.float64)))
         if norm > clip:
             update = update * np.float32(clip / norm)
-        rng = np.random.default_rng(secrets.randbits(128))
-        noise = sample_skellam(mu, encoding.size, rng)
+    mu = config.get("secagg-dp-mu")
+    if isinstance(mu, float) and mu > 0:
+        noise = sample_skellam(mu, encoding.size, np.random.default_rng(secrets.randbits(128)))
     words = encoding.encode(update, weight=weight, seed=secrets.randbits(64), noise=noise)
     masked = session.masked(words, sealed)
     _store(context, session)

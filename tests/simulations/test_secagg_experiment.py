@@ -51,6 +51,17 @@ def test_distributed_dp_ledger_matches_an_independent_rdp_computation():
     assert recorded <= 8.0  # planned for the fewest survivors: 7 survivors spend less
 
 
+def test_central_dp_on_the_unmasked_sum_spends_what_was_calibrated():
+    dp = "secagg.dp={mode:central,epsilon:8,delta:1e-5,l2_clip:0.5}"
+    _, built = final_accuracy([*DROPOUT, "secagg=secagg_plus", dp, "num_rounds=2"])
+    ledger = json.loads((fl_ext_home() / "privacy" / "default" / "ledger.json").read_text())
+    sigma = built.strategy.secure_aggregation.dp.sigma
+    assert ledger["client_level"] == [[sigma, 1.0, 1], [sigma, 1.0, 1]]
+    assert ledger["rounds"][-1]["mechanism"] == "secagg_central_gaussian"
+    # calibrated for num_rounds: the budget is spent exactly (to the bisection's tolerance)
+    assert 7.9 <= ledger["rounds"][-1]["client_level_epsilon"] <= 8.0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -59,6 +70,8 @@ def test_distributed_dp_ledger_matches_an_independent_rdp_computation():
         (["attack=ipm", "attack.num_byzantine=2"], "individual_updates"),
         (["privacy=client_level"], "both add noise"),
         (["secagg.bits=8"], "could wrap"),
+        (["secagg.max_weight=4", "secagg.dp={epsilon:8,l2_clip:1.0}"], "needs max_weight=1"),
+        (["secagg.dp={mode:local,epsilon:8,l2_clip:1.0}"], "secagg.dp.mode must be one of"),
         (["dropout.fraction=0.3", "dropout.phase=keys", "secagg=none"], "needs secure aggregation"),
     ],
 )
