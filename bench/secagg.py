@@ -45,6 +45,11 @@ same run) times the mask bytes each side must expand: a client ``(1 + live neigh
 server: the unmask phase). The floor is :func:`bench.secagg_flower.plain_sum_seconds` of the
 survivors' vectors (what summing costs with no security at all).
 
+Threads: ``--threads`` (default 1) sets numba's thread count for the encode, pack and unpack
+kernels. The keystream is one thread and so is Flower's numpy; and on a machine whose cores
+are shared, numba's parallel kernels wait for busy cores (``pack`` of 1e5 words measured 12-16
+ms with 2 threads while another process held one of the 2 cores, 0.33 ms with 1 thread).
+
 Correctness: our decoded mean and Flower's aggregate against the float64 mean of the
 survivors' inputs (max abs error; ours must be <= one quantization step 0.1/127), and our
 unmasked integer sum against the plain sum (mod 2^bits) of the same encoded words:
@@ -54,6 +59,7 @@ unmasked integer sum against the plain sum (mod 2^bits) of the same encoded word
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import secrets
@@ -64,9 +70,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+import fl_ext.secagg as secagg_package
 from bench.secagg_flower import (
     FlowerSecAggHaltedError,
     flower_shares,
@@ -496,7 +504,10 @@ def skip_reason(n: int, d: int, max_n: int, max_d: int) -> str | None:
     if n > max_n:
         return f"anchor skipped: n={n} > --anchor-max-n={max_n} ({FLOWER_ROW_SECONDS})"
     if d > max_d:
-        return f"anchor skipped: d={d} > --anchor-max-d={max_d} ({FLOWER_ROW_SECONDS})"
+        return (
+            f"anchor skipped: d={d} > --anchor-max-d={max_d} (Flower's masking and unmasking "
+            "grow with d: its n=50, d=1e5 rows take ~80 s here)"
+        )
     return None
 
 
@@ -554,6 +565,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         cells = [_note(row) if key == "note" else _fmt(key, row.get(key)) for _, key in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def phase_table(rows: list[dict[str, Any]]) -> str:
+    head = ["impl", "n", "d", "drop"]
+    head += [f"client {p}" for p in PHASES] + [f"server {p}" for p in PHASES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row.get("skipped"):
+            continue
+        cells = [row["impl"], str(row["n"]), str(row["d"]), f"{row['drop']:g}"]
+        cells += [f"{row['client_s_per_client'][p]:.3g}" for p in PHASES]
+        cells += [f"{row['server_s'][p]:.3g}" for p in PHASES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -625,6 +650,14 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _sources_digest() -> str:
+    """SHA-256 over fl_ext/secagg/*.py as run: which version of the protocol was measured."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(secagg_package.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     def clean(value: Any) -> Any:
         if isinstance(value, np.generic):
@@ -647,11 +680,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--anchor-max-d", type=int, default=100_000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="numba threads for encode/pack/unpack (default 1: see the module docstring)",
+    )
     args = parser.parse_args(argv)
+    before = numba.get_num_threads()
+    numba.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        numba.set_num_threads(before)  # main() called in a test leaves numba as it was
 
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
+    sources = _sources_digest()  # before anything runs: the version imported
     prg_rate = prg_bytes_per_second()
-    print(f"AES-CTR keystream (prg_bytes_per_second, this run): {prg_rate / 1e9:.2f} GB/s")
+    print(
+        f"AES-CTR keystream (prg_bytes_per_second, this run): {prg_rate / 1e9:.2f} GB/s; "
+        f"numba threads {numba.get_num_threads()}"
+    )
     warm = make_inputs(4, 100, args.seed)  # first calls: numba's cached kernels, cipher setup
     for graph in ("plus", "full"):
         run_ours(warm, [0], graph=graph, seed=args.seed)
@@ -687,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     elapsed = time.perf_counter() - began
     print()
     print(table(rows))
+    print("\nPer phase: client s/client (keys, shares, masked, unmask) | server s (same)\n")
+    print(phase_table(rows))
     results = goals(rows)
     print("\nGoals:")
     for goal in results:
@@ -695,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "args": vars(args) | {"json": None if args.json is None else str(args.json)},
         "prg_bytes_per_second": prg_rate,
+        "numba_threads": numba.get_num_threads(),
+        "secagg_sources_sha256": sources,
         "wall_s": elapsed,
         "rows": [_jsonable(r) for r in rows],
         "goals": results,

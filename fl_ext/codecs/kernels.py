@@ -307,15 +307,20 @@ def float16_to_float32(bits: np.ndarray, out: np.ndarray, words: np.ndarray) -> 
 
 @numba.njit(cache=True, parallel=True)
 def quantize_range(
-    x: np.ndarray, clip: float, levels: int, weight: int, seed: np.uint64, out: np.ndarray
+    x: np.ndarray, clip: float, levels: int, weight: int, seed: np.uint64,
+    noise: np.ndarray, modmask: np.int64, out: np.ndarray,
 ) -> None:  # fmt: skip
-    """Fixed-range stochastic rounding: ``weight * floor(clip(x)/clip*levels + u)``.
+    """Fixed-range stochastic rounding into Z_{2^b}: ``(weight * q + noise) mod 2^b``.
 
     The secure sum's quantizer: every client uses the same range (no per-client scale can
-    travel through the mask), values land in [-levels, levels], unbiased, then weighted.
+    travel through the mask), ``q = floor(clip(x)/clip*levels + u)`` in [-levels, levels]
+    (unbiased), weighted, plus its distributed-DP noise (``noise`` empty: none), written as
+    the unsigned words masks are added to (two's complement modulo 2^b).
     """
     inv = levels / clip
+    noisy = noise.shape[0] > 0
     for i in prange(x.shape[0]):
         v = min(clip, max(-clip, np.float64(x[i]))) * inv
-        q = min(levels, max(-levels, int(np.floor(v + _uniform(seed, i)))))
-        out[i] = q * weight
+        q = np.int64(min(levels, max(-levels, int(np.floor(v + _uniform(seed, i))))))
+        value = q * weight + (noise[i] if noisy else np.int64(0))
+        out[i] = value & modmask

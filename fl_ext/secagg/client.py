@@ -114,9 +114,11 @@ class ClientSession:
         key_shares = shamir.split(self.mask.private, threshold=t, xs=xs)
         sealed: dict[int, bytes] = {}
         links: dict[int, tuple[bytes, bytes]] = {}
+        enc_sk, mask_sk = keys.private_key(self.enc.private), keys.private_key(self.mask.private)
+        seal_label, mask_label = seal_info(self.params), mask_info(self.params)
         for peer, x, ys, yk in zip(order, xs, seed_shares, key_shares, strict=True):
-            key = keys.agree(self.enc.private, neighbours[peer][0], info=seal_info(self.params))
-            pair = keys.agree(self.mask.private, neighbours[peer][1], info=mask_info(self.params))
+            key = keys.agree(enc_sk, neighbours[peer][0], info=seal_label)
+            pair = keys.agree(mask_sk, neighbours[peer][1], info=mask_label)
             links[peer] = (key, pair)
             plain = (
                 node_bytes(self.node) + node_bytes(peer) + x.to_bytes(2, "big")

@@ -20,6 +20,7 @@ from fl_ext.codecs import kernels
 from fl_ext.secagg.prg import word_dtype
 
 MAX_BITS = 32
+_NO_NOISE = np.empty(0, dtype=np.int64)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -134,17 +135,16 @@ class SecAggEncoding:
             raise ValueError("update holds NaN or Inf: nothing to encode")
         if isinstance(weight, bool) or not 1 <= int(weight) <= self.max_weight:
             raise ValueError(f"weight must be in [1, max_weight={self.max_weight}], got {weight!r}")
-        values = np.empty(self.size + 1, dtype=np.int64)
-        seed64 = np.uint64(seed % (1 << 64))
+        if noise is not None and noise.shape != (self.size,):
+            raise ValueError(f"noise has shape {noise.shape}, expected ({self.size},)")
+        words = np.empty(self.size + 1, dtype=self.dtype)
         kernels.quantize_range(
-            flat, self.clip_range, self.levels, int(weight), seed64, values[: self.size]
-        )
-        values[self.size] = int(weight)
-        if noise is not None:
-            if noise.shape != (self.size,):
-                raise ValueError(f"noise has shape {noise.shape}, expected ({self.size},)")
-            values[: self.size] += noise.astype(np.int64, copy=False)
-        return (values & self.modulus_mask).astype(self.dtype)
+            flat, self.clip_range, self.levels, int(weight), np.uint64(seed % (1 << 64)),
+            _NO_NOISE if noise is None else noise.astype(np.int64, copy=False),
+            np.int64(self.modulus_mask), words[: self.size],
+        )  # fmt: skip
+        words[self.size] = int(weight)
+        return words
 
     def signed(self, total: np.ndarray) -> np.ndarray:
         """A sum in Z_{2^bits} back to the signed integers it stands for (int64)."""

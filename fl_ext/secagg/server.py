@@ -272,7 +272,8 @@ class ServerSession:
     ) -> bytes:
         """The secret from its shares, checked; lying holders found when more than t answer."""
         t = self.params.threshold
-        points = table.get(owner, [])
+        # by x: with no liar every owner's first t are the same x-set (cached weights)
+        points = sorted(table.get(owner, []))
         if len(points) < t:
             raise SecAggAbort(f"node {owner}'s {what}: {len(points)} shares, {t} needed")
         xy = [(x, y) for x, y, _ in points]

@@ -796,6 +796,7 @@ def test_a_lying_holder_that_answers_first_is_outvoted():
     liar = h.nodes[0]
     corrupt = _lie_about(lambda v, table: list(table), {liar})
     order = [liar] + [v for v in h.nodes if v != liar]
+    h.server.audit_shares = True  # where its shares fall in the x order does not matter then
     np.testing.assert_array_equal(h.unmask(order=order, corrupt=corrupt), h.expected(h.nodes))
     assert h.server.liars == {liar}
 
@@ -875,3 +876,14 @@ def test_the_server_threshold_is_always_a_majority_of_the_neighbourhood():
 
     assert [threshold_for(k, 0.5) for k in (1, 2, 6, 9, 20)] == [1, 2, 4, 5, 11]
     assert threshold_for(10, 0.8) == 8
+
+
+def test_a_liar_whose_share_is_needed_is_outvoted_without_the_audit():
+    """The lowest x of every owner is in the first subset tried: its lie fails the check."""
+    h = masked_round(n=10, bits=16, seed=55)
+    graph = h.server.graph
+    liar = min(h.nodes)  # rank 1 (x = 1) among the neighbours of every other node (full graph)
+    assert all(graph[o].index(liar) == 0 for o in h.nodes if o != liar)
+    corrupt = _lie_about(lambda v, table: list(table), {liar})
+    np.testing.assert_array_equal(h.unmask(corrupt=corrupt), h.expected(h.nodes))
+    assert h.server.liars == {liar}
