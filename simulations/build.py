@@ -37,12 +37,15 @@ from fl_ext.training import TrainConfig, seed_for, train_local
 from simulations.attack_build import build_attack
 from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
+from simulations.group_build import build_group
 from simulations.network_build import build_network
 from simulations.privacy_build import build_privacy, check_privacy_federation
 from simulations.secagg_build import build_secagg
 from strategies import FlExtFedAvg
+from strategies.buffered import BufferedAsync
 from strategies.compression import AdaptiveCompression, Compression
 from strategies.dropout import SimulatedDropout
+from strategies.privacy import ClientLevelDP
 from strategies.stragglers import RoundPolicy, StragglerPolicy
 
 log = logging.getLogger("fl_ext")
@@ -100,6 +103,9 @@ def build(experiment: Experiment) -> Built:
         early_stopping = EarlyStopping(**stopping) if stopping.get("patience") is not None else None
         stragglers = build_network(conf)
         link_adaptive_codec(conf, compression, stragglers)
+        driver = build_driver(conf, privacy, stragglers)
+        if driver is not None:
+            stragglers = None  # the asynchronous driver keeps the clock itself
         size = sum(int(a.size) for a in get_weights(model).values())
         secure = build_secagg(conf, size=size)
         if secure is not None and strategy_cfg.get("max_update_norm") is not None:
@@ -123,6 +129,7 @@ def build(experiment: Experiment) -> Built:
             early_stopping=early_stopping,
             secure_aggregation=secure,
             stages=build_dropout(conf, secure is not None),
+            driver=driver,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
     except (ValueError, SpecError, TypeError, HydraException) as err:
@@ -160,6 +167,34 @@ def build(experiment: Experiment) -> Built:
         train_config,
         ConfigRecord(data_keys),
     )
+
+
+def build_driver(
+    conf: dict[str, Any], privacy: object, stragglers: RoundPolicy | None
+) -> BufferedAsync | None:
+    """The loop ``driver`` asks for: None for ``sync`` (the engine's default), or FedBuff."""
+    driver = build_group("driver", conf, BufferedAsync)
+    if driver is None:
+        return None
+    if (conf.get("secagg") or {}).get("_target_"):
+        raise ValueError(
+            "driver=fedbuff with secagg: secure aggregation needs rounds (driver=sync)"
+        )
+    if isinstance(privacy, ClientLevelDP):
+        raise ValueError(
+            "driver=fedbuff with privacy=client_level: Poisson-amplified client-level DP needs "
+            "rounds of sampled clients; use driver=sync (sample-level DP-SGD works with fedbuff)"
+        )
+    if isinstance(stragglers, StragglerPolicy):
+        driver.network = stragglers.network  # arrivals on the simulated clock
+    elif stragglers is not None:
+        raise ValueError(
+            "driver=fedbuff measures reply times itself: use network=none on a deployment, or "
+            "a simulated network (ideal|mobile|mixed)"
+        )
+    if driver.job_timeout_s is None:
+        driver.job_timeout_s = float(conf["round_timeout"])
+    return driver
 
 
 def build_dropout(conf: dict[str, Any], secure: bool) -> list[SimulatedDropout]:

@@ -244,12 +244,23 @@ class FlExtFedAvg(FedAvg):
 
     # ------------------------------------------------------------------ train
     def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        *,
+        asked: int | None = None,
     ) -> Iterable[Message]:
-        """Select nodes and build one train message each; ``config`` is not modified."""
+        """Select nodes and build one train message each; ``config`` is not modified.
+
+        ``asked``: exactly this many of the eligible nodes (fewer if fewer are free), for a
+        driver that fills free slots (buffered asynchronous aggregation).
+        """
         rnd = self.current = Round.start(
             server_round, record_to_named(arrays), max_update_norm=self.max_update_norm
         )
+        rnd.asked = asked
         rnd.preview = partial(self.aggregation.preview, rnd)
         busy = self.in_flight.busy()
         nodes = [n for n in grid.get_node_ids() if n not in busy]

@@ -37,6 +37,7 @@ class Round:
     log: RoundLog
     available: list[int] = field(default_factory=list)  # eligible for training this round
     needed: int = 0  # updates the round waits for
+    asked: int | None = None  # asynchronous driver: ask this many now (one free node is enough)
     bytes_down: dict[int, int] = field(default_factory=dict)  # per node, serialized
     epochs: dict[int, int] = field(default_factory=dict)  # local epochs asked per node
     reply_seconds: dict[int, float] = field(default_factory=dict)  # measured, push to pull

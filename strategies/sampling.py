@@ -54,6 +54,13 @@ class SelectorSampler(Sampler):
         return self.selector.sample_size(num_nodes)
 
     def sample(self, rnd: Round, eligible: list[int], *, over_select: OverSelect) -> list[int]:
+        if rnd.asked is not None:  # a job for each free slot of the asynchronous driver
+            rnd.needed = min(rnd.asked, len(eligible))
+            selected = self.selector.select(
+                eligible, registry=self.registry, server_round=rnd.number, count=rnd.needed
+            ) if rnd.needed else []  # fmt: skip
+            self.registry.on_selected(selected)
+            return selected
         if len(eligible) < self.min_nodes:
             rnd.log.skipped = (
                 f"{len(eligible)} nodes connected and eligible, min_train_nodes is {self.min_nodes}"

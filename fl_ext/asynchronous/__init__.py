@@ -1,0 +1,1 @@
+"""Asynchronous buffered aggregation (FedBuff): staleness weights and the buffer's arithmetic."""
