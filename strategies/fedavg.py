@@ -74,7 +74,9 @@ class FlExtFedAvg(FedAvg):
     ``target_accuracy`` (time to accuracy); ``evaluate_with_train``; ``proximal_mu``
     (FedProx); ``stages`` (more stages, after the built-in ones); ``server_opt``;
     ``early_stopping``; ``require_client_info`` (None: only when a part needs an fl-ext
-    client); ``driver`` (the loop, :class:`SyncRounds` by default).
+    client); ``driver`` (the loop, :class:`SyncRounds` by default;
+    :class:`~strategies.buffered.BufferedAsync` for FedBuff); ``secure_aggregation`` (SecAgg+:
+    the server sees only the sum; its driver is :class:`~strategies.secure_rounds.SecAggRounds`).
     """
 
     def __init__(
@@ -136,6 +138,11 @@ class FlExtFedAvg(FedAvg):
             )
         if driver is None:
             driver = SecAggRounds(secure_aggregation) if secure_aggregation else SyncRounds()
+        if secure_aggregation is not None and not isinstance(driver, SecAggRounds):
+            raise ValueError(
+                f"secure aggregation runs its own phases: {driver.label} cannot drive it "
+                "(leave driver unset, or use driver=sync)"
+            )
         self.driver = driver
         self.secure_aggregation = secure_aggregation
         parts: list[Stage] = [

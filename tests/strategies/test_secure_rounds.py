@@ -149,3 +149,10 @@ def test_a_modulus_that_could_wrap_is_refused_with_the_numbers():
     strategy = FlExtFedAvg(secure_aggregation=SecureAggregation(bits=8, size=1000))
     with pytest.raises(ValueError, match=r"bits=8 could wrap: 10 clients x weight cap 1 x 127"):
         strategy.check_federation(10)
+
+
+def test_another_driver_cannot_run_secure_aggregation():
+    from strategies.buffered import BufferedAsync
+
+    with pytest.raises(ValueError, match="cannot drive it"):
+        FlExtFedAvg(secure_aggregation=SecureAggregation(), driver=BufferedAsync())
