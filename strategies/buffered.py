@@ -43,7 +43,6 @@ from fl_ext.selection.network import SimulatedNetwork
 from flwr_records import record_to_named
 from strategies.drivers import CheckpointFn, RoundCallback, RunSpec, SyncRounds, scalars
 from strategies.exchange import InFlight
-from strategies.nodes import wait_for_nodes
 from strategies.replies import TrainReply, reported_metrics
 from strategies.round import Round
 from strategies.wire import record_wire_bytes
@@ -153,28 +152,16 @@ class BufferedAsync(SyncRounds):
         checkpoint_fn: CheckpointFn | None,
         should_stop: Callable[[], str | None] | None,
     ) -> Result:
-        wait_for_nodes(
-            spec.grid, engine.min_available_nodes, timeout=engine.node_wait_timeout, settle=0
-        )
-        notify = on_round_end or (lambda _round, _metrics: None)
         need, why = engine.aggregation.requirement()
         if self.buffer_size < max(need, engine.aggregation.min_inputs()):
             raise ValueError(
                 f"buffer_size={self.buffer_size} is below what {why} needs per version "
                 f"({max(need, engine.aggregation.min_inputs())}, min_train_nodes included)"
             )
-        if first_round == 1:
-            initial = spec.central(0, spec.result.arrays)
-            if initial:
-                notify(0, initial)
+        notify = self.start_run(engine, spec, first_round=first_round, on_round_end=on_round_end)
         loop = _Loop(self, engine, spec, version=first_round - 1)
         while loop.version < spec.num_rounds:
-            reason = engine.reason_to_stop(loop.version + 1, list(spec.grid.get_node_ids()))
-            if reason is None and should_stop is not None:
-                reason = should_stop()
-            if reason is not None:
-                engine.stop_reason = reason
-                log(WARNING, "Training stopped: %s", reason)
+            if self.stopped_before(engine, spec, loop.version + 1, should_stop):
                 break
             loop.dispatch()
             arrival = loop.next_arrival()
@@ -183,17 +170,7 @@ class BufferedAsync(SyncRounds):
             loop.process(arrival)
             if len(loop.buffer) >= self.buffer_size:
                 metrics = loop.aggregate()
-                engine.stop_reason = engine.after_round(loop.version, metrics)
-                if checkpoint_fn is not None:
-                    checkpoint_fn(loop.version, spec.result.arrays, metrics)
-                notify(loop.version, metrics)
-                if engine.stop_reason is not None:
-                    log(
-                        WARNING,
-                        "Training stopped after version %d: %s",
-                        loop.version,
-                        engine.stop_reason,
-                    )
+                if self.end_of_round(engine, spec, loop.version, metrics, checkpoint_fn, notify):
                     break
         loop.finish()
         log(INFO, "Finished: %d model versions, %.1f s of %s time", loop.version, self.clock_s,

@@ -80,29 +80,12 @@ class SyncRounds(Stage):
         should_stop: Callable[[], str | None] | None,
     ) -> Result:
         """Rounds ``first_round..num_rounds`` (see :meth:`FlExtFedAvg.start`)."""
-        wait_for_nodes(
-            spec.grid, engine.min_available_nodes, timeout=engine.node_wait_timeout, settle=0
-        )
-        notify = on_round_end or (lambda _round, _metrics: None)
+        notify = self.start_run(engine, spec, first_round=first_round, on_round_end=on_round_end)
         engine.in_flight = InFlight(max_age_s=2 * spec.timeout)  # a silent node: retried after
         t_start = time.monotonic()
-        initial = spec.central(0, spec.result.arrays) if first_round == 1 else {}
-        if initial:
-            log(
-                INFO,
-                "Initial model: test acc %.4f loss %.4f",
-                initial.get("test_accuracy", float("nan")),
-                initial.get("test_loss", float("nan")),
-            )
-            notify(0, initial)
         progress = RunSummary(first_round=first_round, num_rounds=spec.num_rounds)
         for server_round in range(first_round, spec.num_rounds + 1):
-            reason = engine.reason_to_stop(server_round, list(spec.grid.get_node_ids()))
-            if reason is None and should_stop is not None:
-                reason = should_stop()  # e.g. the run was stopped on the SuperLink
-            if reason is not None:
-                engine.stop_reason = reason
-                log(WARNING, "Training stopped: %s", reason)
+            if self.stopped_before(engine, spec, server_round, should_stop):
                 break
             log(INFO, "[ROUND %d/%d]", server_round, spec.num_rounds)
             metrics = self.round(engine, server_round, spec)
@@ -114,18 +97,67 @@ class SyncRounds(Stage):
                 spec.num_rounds,
                 progress_line(metrics, eta_s=progress.eta_s(server_round)),
             )
-            engine.stop_reason = engine.after_round(server_round, metrics)  # before the checkpoint
-            if checkpoint_fn is not None:
-                checkpoint_fn(server_round, spec.result.arrays, metrics)
-            notify(server_round, metrics)
-            if engine.stop_reason is not None:
-                log(
-                    WARNING, "Training stopped after round %d: %s", server_round, engine.stop_reason
-                )
+            if self.end_of_round(engine, spec, server_round, metrics, checkpoint_fn, notify):
                 break
         log(INFO, "Finished: %s", progress.line(engine.stop_reason))
         log(DEBUG, "Strategy finished in %.2fs", time.monotonic() - t_start)
         return spec.result
+
+    @staticmethod
+    def start_run(
+        engine: FlExtFedAvg, spec: RunSpec, *, first_round: int, on_round_end: RoundCallback | None
+    ) -> RoundCallback:
+        """Wait for the nodes; a first run reports its initial centralized evaluation (round 0)."""
+        wait_for_nodes(
+            spec.grid, engine.min_available_nodes, timeout=engine.node_wait_timeout, settle=0
+        )
+        notify = on_round_end or (lambda _round, _metrics: None)
+        initial = spec.central(0, spec.result.arrays) if first_round == 1 else {}
+        if initial:
+            log(
+                INFO,
+                "Initial model: test acc %.4f loss %.4f",
+                initial.get("test_accuracy", float("nan")),
+                initial.get("test_loss", float("nan")),
+            )
+            notify(0, initial)
+        return notify
+
+    @staticmethod
+    def stopped_before(
+        engine: FlExtFedAvg,
+        spec: RunSpec,
+        server_round: int,
+        should_stop: Callable[[], str | None] | None,
+    ) -> bool:
+        """A stage's reason, or the SuperLink's stop, ends the run before ``server_round``."""
+        reason = engine.reason_to_stop(server_round, list(spec.grid.get_node_ids()))
+        if reason is None and should_stop is not None:
+            reason = should_stop()  # e.g. the run was stopped on the SuperLink
+        if reason is None:
+            return False
+        engine.stop_reason = reason
+        log(WARNING, "Training stopped: %s", reason)
+        return True
+
+    @staticmethod
+    def end_of_round(  # noqa: PLR0917  (the round's outcome and where it goes)
+        engine: FlExtFedAvg,
+        spec: RunSpec,
+        server_round: int,
+        metrics: dict[str, float],
+        checkpoint_fn: CheckpointFn | None,
+        notify: RoundCallback,
+    ) -> bool:
+        """Stages see the metrics, then checkpoint and report; True if a stage ends the run."""
+        engine.stop_reason = engine.after_round(server_round, metrics)  # before the checkpoint
+        if checkpoint_fn is not None:
+            checkpoint_fn(server_round, spec.result.arrays, metrics)
+        notify(server_round, metrics)
+        if engine.stop_reason is None:
+            return False
+        log(WARNING, "Training stopped after round %d: %s", server_round, engine.stop_reason)
+        return True
 
     def round(self, engine: FlExtFedAvg, server_round: int, spec: RunSpec) -> dict[str, float]:
         """Train, evaluate (federated, then centralized) and collect the round's metrics."""
