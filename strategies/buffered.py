@@ -278,7 +278,9 @@ class _Loop:
             time.sleep(self.driver.poll_s)
 
     def _pull(self) -> None:
-        ids = [*self.jobs, *self.stale_ids]
+        # a reply can be pulled once: Flower answers a second pull with an error reply
+        waiting = {a.message_id for a in self.pending}
+        ids = [*(mid for mid in self.jobs if mid not in waiting), *self.stale_ids]
         if not ids:
             return
         for reply in self.spec.grid.pull_messages(ids):
@@ -289,7 +291,7 @@ class _Loop:
                 self.engine.drained([(late.node, time.monotonic() - late.pushed_wall)])
                 continue
             found = self.jobs.get(mid)
-            if found is None:
+            if found is None or mid in waiting:  # unknown, or its reply is already in
                 continue
             job = found
             self.order += 1
@@ -348,7 +350,9 @@ class _Loop:
     # ---------------------------------------------------------------- process
     def process(self, arrival: Arrival) -> None:
         """Check the reply against its start version; buffer its update (or count why not)."""
-        job = self.jobs.pop(arrival.message_id)
+        job = self.jobs.pop(arrival.message_id, None)
+        if job is None:  # not ours any more (drained or duplicated): never used twice
+            return
         reply = arrival.reply
         if reply.has_error():
             self._failed(job.node, reply.error.reason or f"error {reply.error.code}")

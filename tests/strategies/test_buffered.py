@@ -88,7 +88,7 @@ def test_each_version_is_the_server_lr_times_the_staleness_weighted_mean_float64
 
 
 def test_fast_nodes_keep_training_while_a_slow_one_trains_and_staleness_is_the_servers():
-    grid = CountingGrid(make_app(), 4, reply_delay_s=lambda pid: 0.6 if pid == 0 else 0.01)
+    grid = CountingGrid(make_app(), 4, reply_delay_s=lambda pid: 3.0 if pid == 0 else 0.01)
     _, rows, _ = run(grid, versions=8, concurrency=4, buffer_size=2)
     assert grid.max_in_flight == 1  # never two messages to one node
     assert grid.jobs[0] <= 2 and min(grid.jobs[p] for p in (1, 2, 3)) >= 5
@@ -97,7 +97,7 @@ def test_fast_nodes_keep_training_while_a_slow_one_trains_and_staleness_is_the_s
 
 
 def test_updates_staler_than_max_staleness_are_dropped_and_counted():
-    grid = InProcessGrid(make_app(), 4, reply_delay_s=lambda pid: 0.6 if pid == 0 else 0.01)
+    grid = InProcessGrid(make_app(), 4, reply_delay_s=lambda pid: 3.0 if pid == 0 else 0.01)
     _, rows, _ = run(grid, versions=8, concurrency=4, buffer_size=2, max_staleness=0)
     assert all(r["staleness_max"] == 0 for r in rows.values())
     assert rows[8]["async_dropped_stale"] >= 1
