@@ -186,7 +186,8 @@ def build_driver(
             "rounds of sampled clients; use driver=sync (sample-level DP-SGD works with fedbuff)"
         )
     if isinstance(stragglers, StragglerPolicy):
-        driver.network = stragglers.network  # arrivals on the simulated clock
+        driver.network = stragglers.network  # arrivals, availability, dropouts simulated
+        driver.seconds_per_example = stragglers.seconds_per_example  # the rounds' compute model
     elif stragglers is not None:
         raise ValueError(
             "driver=fedbuff measures reply times itself: use network=none on a deployment, or "

@@ -17,10 +17,16 @@ per consecutive failure) and, after ``cooldown_failures`` failures in a row, coo
 Time: with a simulated network (``network=ideal|mobile|mixed``) arrivals are ordered on the
 virtual clock (dispatch time + the node's simulated round time), one event at a time, so a
 run is deterministic on any machine; on a deployment, arrivals are taken as they come and
-times are measured. Each version is a checkpoint and one metrics row (accuracy, staleness
-mean/max, stale updates dropped, nodes busy, failures, retries). At the end the in-flight work
-is waited for (``drain="wait"``, aggregated if it fills the buffer... and otherwise counted) or
-discarded.
+times are measured. The simulated network's availability and dropouts apply to jobs as they
+do to synchronous rounds, drawn per model version: a node offline for the version being
+trained gets no job, and a job whose node drops out fails when its reply would have arrived
+(its client trained: the privacy ledger still records it; its update is never used). Compute
+time is modeled as the rounds' is (examples x epochs x ``seconds_per_example`` x the node's
+speed) unless ``seconds_per_example`` is None (then the client's reported time).
+
+Each version is a checkpoint and one metrics row (accuracy, staleness mean/max, stale updates
+dropped, nodes busy, failures, retries). At the end the work in flight is waited for
+(``drain="wait"``: its replies are pulled and counted as late, never aggregated) or discarded.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class Job:
     rnd: Round
     sent_at: float
     pushed_wall: float
+    drops: bool = False  # the simulated network drops this job (decided at dispatch)
 
 
 @dataclass(order=True)
@@ -106,6 +113,7 @@ class BufferedAsync(SyncRounds):
         cooldown_s: float = 60.0,
         drain: str = "wait",
         network: SimulatedNetwork | None = None,
+        seconds_per_example: float | None = None,
         poll_s: float = 0.02,
     ) -> None:
         super().__init__()
@@ -135,11 +143,17 @@ class BufferedAsync(SyncRounds):
             raise ValueError(f"drain must be one of {DRAINS}, got {drain!r}")
         self.drain = drain
         self.network = network
+        if seconds_per_example is not None and not seconds_per_example > 0:
+            raise ValueError(f"seconds_per_example must be > 0 or null, got {seconds_per_example}")
+        self.seconds_per_example = seconds_per_example
         self.poll_s = float(poll_s)
         # state carried across restarts
         self.clock_s = 0.0  # virtual (simulation) or wall seconds of asynchronous training
         self.failures: dict[int, int] = {}  # consecutive failures per node
-        self.counters = {"dropped_stale": 0, "failed": 0, "timed_out": 0, "rejected": 0, "late": 0}
+        self.counters = {
+            "dropped_stale": 0, "failed": 0, "timed_out": 0, "rejected": 0, "late": 0,
+            "dropped_out": 0, "offline": 0,
+        }  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -228,10 +242,11 @@ class _Loop:
         now = self.now()
         busy = {j.node for j in (*self.jobs.values(), *self.stale_ids.values())}
         waiting = {n for n, t in self.not_before.items() if t > now}
+        offline = self._offline(busy | waiting)
         # the engine leaves out the nodes it is told are busy: ours, and those backing off
         self.engine.in_flight = InFlight(
             max_age_s=float("inf"),
-            pending={f"busy-{n}": (n, time.monotonic()) for n in busy | waiting},
+            pending={f"busy-{n}": (n, time.monotonic()) for n in busy | waiting | offline},
         )
         messages = list(
             self.engine.configure_train(
@@ -242,6 +257,11 @@ class _Loop:
         rnd = self.engine.current
         assert rnd is not None
         if not messages:
+            if not self.jobs and self.driver.network is not None and not waiting:
+                raise RuntimeError(
+                    f"no node can train model version {self.version + 1}: every free node is "
+                    "offline in the simulated network and none is in flight or backing off"
+                )
             return
         self.driver.bytes_down_cum += rnd.log.bytes_down
         ids = {mid for mid in self.spec.grid.push_messages(messages) if mid}
@@ -250,11 +270,25 @@ class _Loop:
             mid = msg.metadata.message_id
             node = int(msg.metadata.dst_node_id)
             if mid in ids:
+                network = self.driver.network
+                drops = network is not None and network.drops(node, self.version + 1)
                 self.jobs[mid] = Job(
-                    node=node, version=self.version, rnd=rnd, sent_at=now, pushed_wall=wall
-                )
+                    node=node, version=self.version, rnd=rnd, sent_at=now, pushed_wall=wall,
+                    drops=drops,
+                )  # fmt: skip
             else:  # refused push: the node is gone
                 self._failed(node, "the push was refused")
+
+    def _offline(self, known: set[int]) -> set[int]:
+        """Nodes the simulated network has offline for the version being trained."""
+        network = self.driver.network
+        if network is None:
+            return set()
+        key = self.version + 1
+        off = {n for n in self.spec.grid.get_node_ids() if n not in known}
+        off = {n for n in off if not network.online(n, key)}
+        self.driver.counters["offline"] = len(off)  # the last dispatch's count (a gauge)
+        return off
 
     # ---------------------------------------------------------------- arrivals
     def next_arrival(self) -> Arrival | None:
@@ -301,11 +335,21 @@ class _Loop:
     def _arrival_time(self, job: Job, reply: Message) -> float:
         if self.driver.network is None:
             return time.monotonic() - self.wall0
-        compute = reported_metrics(reply).get("compute_time_s", 1.0)
-        compute = float(compute) if isinstance(compute, int | float) and compute >= 0 else 1.0
-        up = record_wire_bytes(reply.content) if reply.has_content() else 0
+        compute = self._compute_s(job, reply)
+        up = record_wire_bytes(reply.content) if reply.has_content() and not job.drops else 0
         down = job.rnd.bytes_down.get(job.node, 0)
         return job.sent_at + self.driver.network.round_time(job.node, compute, down, up)
+
+    def _compute_s(self, job: Job, reply: Message) -> float:
+        """Modeled (examples x epochs x seconds_per_example: reproducible) or reported."""
+        metrics = reported_metrics(reply)
+        spe = self.driver.seconds_per_example
+        if spe is not None:
+            n = metrics.get("num-examples", 0)
+            n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+            return n * job.rnd.epochs.get(job.node, 1) * spe
+        compute = metrics.get("compute_time_s", 1.0)
+        return float(compute) if isinstance(compute, int | float) and compute >= 0 else 1.0
 
     def _expire(self) -> None:
         timeout = self.driver.job_timeout_s
@@ -354,6 +398,9 @@ class _Loop:
         if job is None:  # not ours any more (drained or duplicated): never used twice
             return
         reply = arrival.reply
+        if job.drops and not reply.has_error():  # the node vanished mid-job (simulated)
+            self._dropped_out(job, reply)
+            return
         if reply.has_error():
             self._failed(job.node, reply.error.reason or f"error {reply.error.code}")
             self.engine.current = job.rnd
@@ -380,6 +427,16 @@ class _Loop:
             log(INFO, "\t> update of node %d dropped: staleness %d > %d", job.node, tau, limit)
             return
         self.buffer.append((updates[0].clone(), self.driver.staleness(tau), tau, accepted[0]))
+
+    def _dropped_out(self, job: Job, reply: Message) -> None:
+        """The stages see the reply (its client trained: DP spend); the update is never used."""
+        rnd = Round.start(job.version + 1, job.rnd.global_named)
+        rnd.log.selected, rnd.replies = [job.node], [reply]
+        self.engine.current = rnd
+        for stage in self.engine.stages:
+            stage.on_replies(rnd)
+        self.driver.counters["dropped_out"] += 1
+        self._failed(job.node, "dropped out (simulated network)")
 
     # ---------------------------------------------------------------- aggregate
     def aggregate(self) -> dict[str, float]:

@@ -8,6 +8,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_ext.asynchronous.staleness import Staleness
+from fl_ext.selection.network import SimulatedNetwork
 from flwr_records import named_array_record, record_to_named
 from simulations.inprocess import InProcessGrid
 from strategies import FlExtFedAvg
@@ -78,8 +79,10 @@ def run(grid, *, versions, on_round_end=None, **driver_kw):
 
 def test_each_version_is_the_server_lr_times_the_staleness_weighted_mean_float64():
     """Every client adds 1: version v moves the model by lr * mean_i s(tau_i), exactly."""
-    grid = InProcessGrid(make_app(same=True), 4, reply_delay_s=lambda pid: 0.05 * pid)
-    w, rows, _ = run(grid, versions=6, concurrency=4, buffer_size=2, server_lr=0.5)
+    grid = InProcessGrid(make_app(same=True), 8)
+    net = SimulatedNetwork(profile="mixed", seed=0)  # the virtual clock orders the arrivals
+    w, rows, _ = run(grid, versions=6, concurrency=4, buffer_size=2, server_lr=0.5, network=net,
+                     seconds_per_example=0.001)  # fmt: skip
     expected = sum(0.5 * rows[v]["staleness_weight_mean"] for v in range(1, 7))  # float64
     np.testing.assert_allclose(w, expected, rtol=1e-6)
     assert any(rows[v]["staleness_max"] >= 1 for v in rows)  # slots refilled at once: stale
@@ -120,6 +123,53 @@ def test_a_failing_node_is_retried_elsewhere_and_cools_down():
     assert grid.jobs[0] == 2  # two failures, then cooling down for the rest of the run
     assert rows[6]["async_failed"] == 2 and driver.failures[grid.node_id(0)] == 2
     assert np.all(w > 0)  # the others trained every version
+
+
+class VersionGrid(InProcessGrid):
+    """Records (node, server-round) of every accepted push."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[int, int]] = []
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = list(super().push_messages(messages))
+        for msg in messages:
+            if msg.metadata.message_id in ids:
+                rnd = int(msg.content["config"]["server-round"])
+                self.sent.append((int(msg.metadata.dst_node_id), rnd))
+        return ids
+
+
+def test_simulated_availability_and_dropouts_apply_to_jobs():
+    """No job goes to a node offline for its version; dropped jobs fail and are not used."""
+    net = SimulatedNetwork(profile="mobile", seed=3)  # online 0.8, dropout 0.1 per version
+    grid = VersionGrid(make_app(same=True), 12)
+    w, rows, driver = run(grid, versions=12, concurrency=6, buffer_size=3, network=net,
+                          seconds_per_example=0.001, backoff_s=0.0)  # fmt: skip
+    assert len(grid.sent) >= 36
+    assert all(net.online(node, rnd) for node, rnd in grid.sent)
+    dropped = [(n, r) for n, r in grid.sent if net.drops(n, r)]
+    assert dropped and driver.counters["dropped_out"] >= 1
+    assert rows[12]["async_dropped_out"] == driver.counters["dropped_out"] <= len(dropped)
+    # every version still moves by lr * mean s(tau): a dropped update never joined a buffer
+    expected = sum(rows[v]["staleness_weight_mean"] for v in range(1, 13))
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert rows[12]["sim_time_s"] > 0
+
+
+def test_on_the_simulated_clock_compute_is_modeled_not_measured():
+    """Two runs give the same clock and versions, whatever the machine's load."""
+
+    def once():
+        net = SimulatedNetwork(profile="mixed", seed=1)
+        grid = InProcessGrid(make_app(), 8, reply_delay_s=lambda pid: 0.002 * pid)
+        w, rows, _ = run(grid, versions=5, concurrency=4, buffer_size=2, network=net,
+                         seconds_per_example=0.001)  # fmt: skip
+        return w.tolist(), [rows[v]["sim_time_s"] for v in rows]
+
+    assert once() == once()
 
 
 def test_the_drivers_state_survives_a_restart():
