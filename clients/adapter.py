@@ -175,11 +175,13 @@ def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Messa
 def numpy_client_app(client_fn: ClientFn) -> ClientApp:
     """A ClientApp answering ``train`` and ``evaluate`` messages with ``client_fn``'s client.
 
-    It also serves secure aggregation (the ``query.secagg_*`` phases and the masked reply).
+    It also serves secure aggregation (the ``query.secagg_*`` phases and the masked reply) and
+    holds train replies by the node config's ``train-delay-s`` (a slower device on purpose).
     """
     from clients.mods.secagg import SecAggMod, add_secagg  # the mods import this module
+    from clients.mods.slow_device import slow_device_mod
 
-    app = add_secagg(ClientApp(mods=[SecAggMod()]))
+    app = add_secagg(ClientApp(mods=[slow_device_mod, SecAggMod()]))
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:

@@ -300,16 +300,19 @@ class LocalDeployment(OwnedProcesses):
         key: Path | None = None,
         insecure: bool = False,
         max_retries: int | None = None,
+        node_config: str = "",
     ) -> subprocess.Popen[bytes]:
         """One ``flower-supernode`` with node config ``partition-id``/``num-partitions``.
 
-        ``key``/``insecure``/``max_retries`` let tests start nodes the SuperLink must refuse.
+        ``key``/``insecure``/``max_retries`` let tests start nodes the SuperLink must refuse;
+        ``node_config`` adds ``key=value`` pairs (e.g. ``train-delay-s=3`` for a slow device).
         """
         secure = not insecure and self.tls
+        partition = f"partition-id={partition_id} num-partitions={self.num_partitions}"
         command = [
             flwr_bin("flower-supernode"),
             "--superlink", self.address,
-            "--node-config", f"partition-id={partition_id} num-partitions={self.num_partitions}",
+            "--node-config", f"{partition} {node_config}".strip(),
             "--port", str(free_port()),
         ]  # fmt: skip
         if secure:

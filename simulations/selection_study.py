@@ -24,14 +24,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from mlflow.tracking import MlflowClient
 
-from fl_ext.tracking import metric_key, resolve_tracking_uri
-from simulations.build import build
-from simulations.client_app import app as client_app
-from simulations.config import compose_experiment
-from simulations.inprocess import InProcessGrid
-from simulations.run_loop import run
+from simulations.study_runs import run_curve
 
 SELECTORS = {"random": "uniform", "oort": "oort", "power-of-choice": "power_of_choice"}
 NODES = 100
@@ -39,7 +33,6 @@ NODES = 100
 
 def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[float, float]]:
     """(simulated time, test accuracy) after every round."""
-    name = f"selection-{selection}-{seed}"
     overrides = [
         f"selection={selection}",
         f"seed={seed}",
@@ -52,20 +45,10 @@ def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[
         "min_train_nodes=10",
         "min_available_nodes=10",
         "fraction_evaluate=0.0",
-        f"tracking.experiment={name}",
-        "tracking.register_model=false",
         *extra,
     ]
-    built = build(compose_experiment(overrides))
-    run(InProcessGrid(client_app, NODES), built)
-    client = MlflowClient(resolve_tracking_uri())
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise RuntimeError(f"the run logged no MLflow experiment {name!r}")
-    (found,) = client.search_runs([exp.experiment_id], max_results=1)
-    history = client.get_metric_history(found.info.run_id, metric_key("sim_time_s"))
-    times = {m.step: m.value for m in history}
-    return [(times[r], built.history[r]) for r in sorted(times)]
+    curve = run_curve(f"selection-{selection}-{seed}", overrides, NODES, ("sim_time_s",))
+    return [(p["sim_time_s"], p["accuracy"]) for p in curve]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:

@@ -12,7 +12,9 @@ Staleness is the server's own record: each message id maps to (node, version it 
 At most one message is in flight per node. A message that errors, or is not answered within
 ``job_timeout_s``, frees its slot for another node; its node backs off (``backoff_s`` doubling
 per consecutive failure) and, after ``cooldown_failures`` failures in a row, cools down for
-``cooldown_s``; a timed-out node stays busy until its late reply is drained (never used).
+``cooldown_s``; a timed-out node stays busy until its late reply is drained (never used), or
+until twice ``job_timeout_s`` have passed (the message is then taken as lost with its node's
+process, counted ``lost``, and the node may be asked again).
 
 Time: with a simulated network (``network=ideal|mobile|mixed``) arrivals are ordered on the
 virtual clock (dispatch time + the node's simulated round time), one event at a time, so a
@@ -150,9 +152,10 @@ class BufferedAsync(SyncRounds):
         # state carried across restarts
         self.clock_s = 0.0  # virtual (simulation) or wall seconds of asynchronous training
         self.failures: dict[int, int] = {}  # consecutive failures per node
+        self.per_node: dict[int, list[int]] = {}  # node -> [jobs sent, updates aggregated]
         self.counters = {
             "dropped_stale": 0, "failed": 0, "timed_out": 0, "rejected": 0, "late": 0,
-            "dropped_out": 0, "offline": 0,
+            "dropped_out": 0, "offline": 0, "jobs": 0, "lost": 0,
         }  # fmt: skip
 
     # ------------------------------------------------------------------ the loop
@@ -197,6 +200,7 @@ class BufferedAsync(SyncRounds):
             **super().state_dict(),
             "clock_s": self.clock_s,
             "failures": {str(k): v for k, v in self.failures.items()},
+            "per_node": {str(k): list(v) for k, v in self.per_node.items()},
             "counters": dict(self.counters),
         }
 
@@ -204,6 +208,9 @@ class BufferedAsync(SyncRounds):
         super().load_state_dict(state, first_round=first_round)
         self.clock_s = float(state.get("clock_s", 0.0))
         self.failures = {int(k): int(v) for k, v in dict(state.get("failures", {})).items()}
+        self.per_node = {
+            int(k): [int(v[0]), int(v[1])] for k, v in dict(state.get("per_node", {})).items()
+        }
         self.counters.update({k: int(v) for k, v in dict(state.get("counters", {})).items()})
 
 
@@ -270,6 +277,8 @@ class _Loop:
             mid = msg.metadata.message_id
             node = int(msg.metadata.dst_node_id)
             if mid in ids:
+                self.driver.counters["jobs"] += 1  # client trainings started (the compute spent)
+                self.driver.per_node.setdefault(node, [0, 0])[0] += 1
                 network = self.driver.network
                 drops = network is not None and network.drops(node, self.version + 1)
                 self.jobs[mid] = Job(
@@ -362,6 +371,13 @@ class _Loop:
                 self.stale_ids[mid] = job
                 self.driver.counters["timed_out"] += 1
                 self._failed(job.node, f"no reply within job_timeout_s={timeout}")
+        for mid, job in list(self.stale_ids.items()):
+            # a message lost with its node's process (killed, restarted) is never answered:
+            # after twice the timeout its node may be asked again
+            if now - job.pushed_wall > 2 * timeout:
+                del self.stale_ids[mid]
+                self.driver.counters["lost"] += 1
+                log(INFO, "\t> node %d: message %s taken as lost", job.node, mid[:12])
 
     def _failed(self, node: int, reason: str) -> None:
         d = self.driver
@@ -446,6 +462,8 @@ class _Loop:
         scale = torch.tensor([s for _, s, _, _ in items], dtype=torch.float32) * d.server_lr
         stacked = torch.stack([u for u, _, _, _ in items]) * scale[:, None]
         accepted = [r for _, _, _, r in items]
+        for r in accepted:
+            d.per_node.setdefault(r.node_id, [0, 0])[1] += 1
         rnd = Round.start(self.version + 1, record_to_named(spec.result.arrays))
         rnd.log.selected = [r.node_id for r in accepted]
         engine.current = rnd

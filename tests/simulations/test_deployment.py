@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from fl_ext.security import DeploymentMaterial, generate_material
 from simulations.deployment import CONNECTION, LocalDeployment
 from simulations.flwr_cli import run_app, run_status
-from simulations.local_superlink import QUIET_ENV, flwr_bin, wait_until
+from simulations.local_superlink import QUIET_ENV, flwr_bin, stop_process_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +213,72 @@ def test_readme_commands_twice_in_a_row_keys_outside_the_repository(tmp_path):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("twice").experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+
+
+def _driver_state(checkpoints, version):
+    state = json.loads((checkpoints / f"round-{version:06d}" / "state.json").read_text())
+    return state["strategy"]["driver"]
+
+
+def _versions(checkpoints):
+    return sorted(int(p.name[6:]) for p in checkpoints.glob("round-*") if p.is_dir())
+
+
+def test_fedbuff_keeps_fast_nodes_busy_and_survives_a_supernode_restart(deployment, tmp_path):
+    """3 SuperNodes, one 30 s slower per job (several times a fast job, even on a loaded
+    machine); a fast one killed mid-run and restarted. Last in the module: it adds a third
+    SuperNode to the shared deployment.
+    """
+    deployment.register(deployment.material.node_public_key(2))
+    deployment.supernodes.append(
+        deployment.start_supernode(2, partition_id=1, node_config="train-delay-s=30")
+    )
+    deployment.wait_for(lambda: deployment.online_count() >= 3, "3 SuperNodes online", poll=0.5)
+    slow_id = next(
+        int(n["node-id"])
+        for n in deployment.nodes()
+        if int(n["node-id"]) not in deployment.node_ids
+    )
+    checkpoints = tmp_path / "ck"
+    versions = 6
+    overrides = [
+        *QUICK, "driver=fedbuff", "driver.concurrency=3", "driver.buffer_size=2",
+        f"num_rounds={versions}", "min_available_nodes=3", "min_train_nodes=2",
+        "driver.job_timeout_s=120", "driver.backoff_s=0.5", "driver.cooldown_s=2",
+        "driver.drain=discard", "tracking.experiment=fedbuff-deploy",
+        f"checkpoint.dir={checkpoints}",
+    ]  # fmt: skip
+    outcome = {}
+    run = threading.Thread(
+        target=lambda: outcome.update(
+            run=run_app(
+                deployment, overrides, connection=CONNECTION, num_supernodes=None, timeout=600
+            )
+        )
+    )
+    run.start()
+    wait_until(lambda: len(_versions(checkpoints)) >= 2, 300, "FedBuff version 2")
+    killed_at = _versions(checkpoints)[-1]
+    fast, other = deployment.node_ids[1], deployment.node_ids[0]
+    jobs_before = _driver_state(checkpoints, killed_at)["per_node"].get(str(fast), [0, 0])[0]
+    stop_process_group(deployment.supernodes[1])  # a fast SuperNode's process dies
+    # nothing stalls: the others keep making versions while it is gone
+    wait_until(lambda: _versions(checkpoints)[-1] >= killed_at + 2, 300, "versions while down")
+    deployment.supernodes[1] = deployment.start_supernode(1, partition_id=1)
+    run.join(400)
+    assert not run.is_alive()
+    result = outcome["run"]
+    assert result.ok, result.output[-3000:]
+    assert run_status(deployment, result.run_id, CONNECTION) == "finished:completed"
+    assert _versions(checkpoints) == list(range(1, versions + 1))
+    per_node = {int(k): v for k, v in _driver_state(checkpoints, versions)["per_node"].items()}
+    assert set(per_node) == {*deployment.node_ids, slow_id}
+    # the fast node never waited for the slow one: several jobs per slow job
+    assert per_node[other][0] >= 2 * per_node[slow_id][0], per_node
+    assert per_node[fast][0] > jobs_before  # the restarted node trained again
+    assert sum(used for _, used in per_node.values()) == 2 * versions  # buffer bookkeeping
+    client, (found,) = _runs(deployment, "fedbuff-deploy")
+    assert found.info.status == "FINISHED"
+    assert found.data.metrics["other/async_rejected"] == 0, found.data.metrics
+    acc = [m.value for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
+    assert acc[-1] > acc[0] + 0.2

@@ -172,6 +172,15 @@ def test_on_the_simulated_clock_compute_is_modeled_not_measured():
     assert once() == once()
 
 
+def test_a_message_never_answered_is_taken_as_lost_and_its_node_asked_again():
+    """A node whose process died with its message: timed out, then lost, then a new job."""
+    grid = CountingGrid(make_app(), 3, reply_delay_s=lambda pid: 1e6 if pid == 0 else 0.05)
+    _, _, driver = run(grid, versions=30, concurrency=3, buffer_size=2, job_timeout_s=0.2,
+                       backoff_s=0.0, cooldown_failures=100)  # fmt: skip
+    assert driver.counters["timed_out"] >= 2 and driver.counters["lost"] >= 1
+    assert grid.jobs[0] >= 2  # asked again once its first message was taken as lost
+
+
 def test_the_drivers_state_survives_a_restart():
     driver = BufferedAsync(concurrency=2, buffer_size=1)
     driver.clock_s, driver.failures, driver.counters["failed"] = 12.5, {2**63 + 5: 2}, 3
