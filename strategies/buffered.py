@@ -229,6 +229,7 @@ class _Loop:
         self.stale_ids: dict[str, Job] = {}  # timed out, still in flight: drained, never used
         self.order = 0
         self.wall0 = time.monotonic() - driver.clock_s
+        self.version_clock = driver.clock_s  # when the last version was made (its time/round_s)
         self.version_stats: dict[str, float] = {"retries": 0.0, "failed": 0.0, "dropped_stale": 0.0}
 
     # ---------------------------------------------------------------- clock
@@ -480,12 +481,14 @@ class _Loop:
             staleness_mean=float(taus.mean()), staleness_max=float(taus.max()),
             staleness_weight_mean=float(np.mean([w for _, w, _, _ in items])),
             clients_busy=float(len(self.jobs)), sim_time_s=d.clock_s,
+            round_time_s=d.clock_s - self.version_clock,
             wall_time_s=time.monotonic() - self.wall0 if d.network is None else d.clock_s,
             bytes_up_cum=float(d.bytes_up_cum), bytes_down_cum=float(d.bytes_down_cum),
             **{f"async_{k}": float(v) for k, v in d.counters.items()},
             **{f"version_{k}": v for k, v in self.version_stats.items()},
         )  # fmt: skip
         self.version_stats = dict.fromkeys(self.version_stats, 0.0)
+        self.version_clock = d.clock_s
         log(INFO, "Version %d/%d: %s", self.version, spec.num_rounds, _line(metrics))
         return metrics
 

@@ -1,5 +1,6 @@
 """Checkpoints, resume and rollback on the in-process grid (real ClientApp, real MLflow)."""
 
+import itertools
 import re
 
 import mlflow
@@ -259,3 +260,26 @@ def test_when_an_earlier_round_was_best_it_is_registered_as_its_own_version(tmp_
     assert list(net.state_dict()) == list(expected)
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), expected[k])
+
+
+def test_fedbuff_killed_mid_run_resumes_at_its_last_version_on_the_same_clock(tmp_path):
+    fedbuff = ["driver=fedbuff", "driver.concurrency=3", "driver.buffer_size=2", "network=mixed",
+               "num_rounds=6", "fraction_evaluate=0"]  # fmt: skip
+    overrides = [*BASE, f"checkpoint.dir={tmp_path / 'ck'}", *fedbuff]
+    with pytest.raises(ConnectionError):  # the 6th batch of jobs: a few versions are saved
+        run(CrashAtRound(client_app, 4, crash_round=6), build(compose_experiment(overrides)))
+    store = _store(tmp_path)
+    saved = store.rounds()
+    assert saved == list(range(1, len(saved) + 1)) and 1 <= len(saved) < 6
+    resumed = build(compose_experiment([*overrides, f"resume={tmp_path / 'ck'}"]))
+    run(InProcessGrid(client_app, 4), resumed)
+    assert store.rounds() == [1, 2, 3, 4, 5, 6]
+    client = MlflowClient(resolve_tracking_uri())
+    (found,) = _runs(client)
+    assert found.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "accuracy/test")]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]  # the versions continue: no duplicate, no gap
+    clock = [m.value for m in client.get_metric_history(found.info.run_id, "time/sim_s")]
+    assert len(clock) == 6 and all(b > a for a, b in itertools.pairwise(clock))
+    jobs = [m.value for m in client.get_metric_history(found.info.run_id, "other/async_jobs")]
+    assert all(b > a for a, b in itertools.pairwise(jobs))  # counters restored
