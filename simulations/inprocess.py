@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_ins_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -27,7 +29,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from strategies.wire import wire_copy
 
 log = logging.getLogger("fl_ext")
-CLIENT_EXCEPTION_CODE = 1  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+CLIENT_EXCEPTION_CODE = int(ErrorCode.CLIENT_APP_RAISED_EXCEPTION)  # 2 in Flower 1.41
 SERVER_NODE_ID = 0
 
 
@@ -62,7 +64,8 @@ class InProcessGrid(Grid):
     that does not exist (or for which ``refuse_push(partition_id)`` is true) is refused: it is
     left out of the ids ``push_messages`` returns. ``reply_delay_s(partition_id)``: wall
     seconds before that node's reply can be pulled (it is computed at once), to test
-    deadlines on measured times.
+    deadlines on measured times. A reply is pulled once: pulling an id again (or one never
+    pushed) gets Flower's own "Message Unavailable" error reply, as the SuperLink answers.
     """
 
     def __init__(
@@ -146,8 +149,14 @@ class InProcessGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         now = time.monotonic()
-        ready = [m for m in message_ids if m in self._replies and self._replies[m][0] <= now]
-        return [self._replies.pop(mid)[1] for mid in ready]
+        out = []
+        for mid in message_ids:
+            found = self._replies.get(mid)
+            if found is None:  # pulled before, or never pushed: what the SuperLink answers
+                out.append(create_message_error_unavailable_ins_message(mid, self._run.run_id))
+            elif found[0] <= now:
+                out.append(self._replies.pop(mid)[1])
+        return out
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -185,6 +185,23 @@ def test_a_refused_push_costs_that_node_only_and_ids_are_flower_like():
     assert built.history[2] > built.history[0] + 0.3
 
 
+def test_a_reply_is_pulled_once_then_the_grid_answers_as_flowers_superlink():
+    from flwr.app import ConfigRecord, RecordDict
+    from flwr.common.constant import ErrorCode
+
+    grid = InProcessGrid(client_app, 2)
+    node = grid.node_id(0)
+    msg = grid.create_message(RecordDict({"config": ConfigRecord({})}), "train", node, "g")
+    (mid,) = grid.push_messages([msg])
+    (first,) = grid.pull_messages([mid])
+    assert first.has_error() and first.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    (again,) = grid.pull_messages([mid])  # Flower deletes a delivered reply
+    assert again.has_error() and again.error.code == ErrorCode.MESSAGE_UNAVAILABLE
+    assert again.metadata.reply_to_message_id == mid
+    (never,) = grid.pull_messages(["no-such-id"])
+    assert never.error.code == ErrorCode.MESSAGE_UNAVAILABLE
+
+
 def test_server_optimizer_and_early_stopping_from_the_config():
     built = build(
         compose_experiment(
