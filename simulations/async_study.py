@@ -12,7 +12,9 @@ computed). Settings:
 * ``sync-deadline``: synchronous with 1.3x over-selection and the adaptive p90 deadline
   (the first 10 replies count);
 * ``oort``: the same with Oort-style selection (the selection study's best);
-* ``fedbuff``: FedBuff, 20 clients training at once, a model version every 10 updates.
+* ``fedbuff``: FedBuff, 20 clients training at once, a model version every 10 updates, each
+  free slot given to a uniformly drawn free node;
+* ``fedbuff-oort``: the same with Oort-style utility choosing who gets the next job.
 
 Each run is the real experiment on the in-process grid with MLflow in a temporary directory;
 time is the virtual clock's (simulated seconds). Prints a markdown table (time to the target,
@@ -43,6 +45,7 @@ from simulations.study_runs import Point, run_curve, time_to
 NODES = 100
 PER_ROUND = 10
 CONCURRENCY, BUFFER = 20, 10
+FEDBUFF = ["driver=fedbuff", f"driver.concurrency={CONCURRENCY}", f"driver.buffer_size={BUFFER}"]
 BASE = [
     "partition=dirichlet",
     "partition.alpha=0.3",
@@ -58,13 +61,11 @@ SETTINGS: dict[str, tuple[list[str], float | None]] = {
     "fedavg": (["network.over_selection=1.0", "network.deadline_percentile=null"], PER_ROUND),
     "sync-deadline": ([], math.ceil(1.3 * PER_ROUND)),
     "oort": (["selection=oort"], math.ceil(1.3 * PER_ROUND)),
-    "fedbuff": (
-        ["driver=fedbuff", f"driver.concurrency={CONCURRENCY}", f"driver.buffer_size={BUFFER}"],
-        None,
-    ),
+    "fedbuff": (FEDBUFF, None),
+    "fedbuff-oort": ([*FEDBUFF, "selection=oort"], None),
 }
 COLORS = {"fedavg": "tab:gray", "sync-deadline": "tab:green", "oort": "tab:blue",
-          "fedbuff": "tab:red"}  # fmt: skip
+          "fedbuff": "tab:red", "fedbuff-oort": "tab:purple"}  # fmt: skip
 
 
 def one(label: str, seed: int, trainings: int, extra: list[str]) -> list[Point]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numba
 import pytest
+import torch
 
 for key, value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -14,6 +16,10 @@ for key, value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }.items():
     os.environ.setdefault(key, value)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, or
+    torch.set_num_threads(1)  # both oversubscribe (numba's parallel kernels slowed 40x so)
+    numba.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
