@@ -47,6 +47,20 @@ def _runs(deployment, experiment):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
+def _run_in_background(deployment, overrides):
+    """``flwr run`` on the deployment in a thread; its outcome lands in the dict as ``run``."""
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            run=run_app(
+                deployment, overrides, connection=CONNECTION, num_supernodes=None, timeout=600
+            )
+        )
+    )
+    thread.start()
+    return thread, outcome
+
+
 def _exits_refused(process, timeout=60):
     try:
         code = process.wait(timeout=timeout)
@@ -115,15 +129,7 @@ def test_two_supernodes_train_over_tls_killed_after_round_two_and_resumed(deploy
         "tracking.experiment=resume",
         f"checkpoint.dir={checkpoints}",
     ]
-    outcome = {}
-    first = threading.Thread(
-        target=lambda: outcome.update(
-            run=run_app(
-                deployment, overrides, connection=CONNECTION, num_supernodes=None, timeout=600
-            )
-        )
-    )
-    first.start()
+    first, outcome = _run_in_background(deployment, overrides)
     wait_until((checkpoints / "round-000002").is_dir, 300, "checkpoint of round 2")
     listed = json.loads(deployment.flwr(["ls", CONNECTION]).stdout)["runs"]
     run_id = max(listed, key=lambda r: r["pending-at"])["run-id"]
@@ -248,15 +254,7 @@ def test_fedbuff_keeps_fast_nodes_busy_and_survives_a_supernode_restart(deployme
         "driver.drain=discard", "tracking.experiment=fedbuff-deploy",
         f"checkpoint.dir={checkpoints}",
     ]  # fmt: skip
-    outcome = {}
-    run = threading.Thread(
-        target=lambda: outcome.update(
-            run=run_app(
-                deployment, overrides, connection=CONNECTION, num_supernodes=None, timeout=600
-            )
-        )
-    )
-    run.start()
+    run, outcome = _run_in_background(deployment, overrides)
     wait_until(lambda: len(_versions(checkpoints)) >= 2, 300, "FedBuff version 2")
     killed_at = _versions(checkpoints)[-1]
     fast, other = deployment.node_ids[1], deployment.node_ids[0]
