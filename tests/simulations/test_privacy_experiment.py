@@ -168,3 +168,23 @@ def test_late_replies_still_count_as_spent(private_homes):
     ledger = built.strategy.privacy.ledger
     assert len(ledger.sample_level) == len(built.strategy.round_log.selected) >= 2
     assert found.data.metrics["dp/epsilon_sample_level_max"] > 0
+
+
+def test_dp_sgd_under_fedbuff_charges_every_job_that_trained(private_homes):
+    """One ledger entry per client training, whatever the version it ended up in (or none)."""
+    built, _client, found = _run(
+        [
+            "privacy=dp_sgd", "privacy.target_epsilon=50", "privacy.max_grad_norm=1.0",
+            "num_rounds=4", "lr=0.1", "driver=fedbuff", "driver.concurrency=3",
+            "driver.buffer_size=2", "network=mixed",
+        ],
+        nodes=3,
+    )  # fmt: skip
+    driver = built.strategy.driver
+    ledger = built.strategy.privacy.ledger
+    spent = {int(k): len(v) for k, v in ledger.sample_level.items()}
+    trained = sum(spent.values())
+    # every job whose reply came back was charged; those still in flight at the end were not
+    assert driver.counters["jobs"] - 3 <= trained <= driver.counters["jobs"]
+    assert found.data.metrics["dp/epsilon_sample_level_max"] > 0
+    assert built.history[4] > built.history[0]
