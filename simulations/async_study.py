@@ -1,6 +1,6 @@
 """Asynchronous study: FedBuff vs synchronous rounds in simulated time to accuracy.
 
-    python -m simulations.async_study [--trainings 600] [--seeds 0 1 2] [--target 0.9]
+    python -m simulations.async_study [--trainings 1500] [--seeds 0 1 2] [--target 0.9]
                                       [--json PATH] [--out PATH] [overrides ...]
 
 MNIST-5k over 100 clients (Dirichlet alpha = 0.3), the ``mixed`` simulated network (devices
@@ -162,7 +162,7 @@ def plot(curves: dict[str, dict[int, list[Point]]], target: float, out: Path) ->
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every setting for every seed; print the table, write the plot (and the JSON)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--trainings", type=int, default=600)
+    parser.add_argument("--trainings", type=int, default=1500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.90)
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
