@@ -12,9 +12,10 @@ Staleness is the server's own record: each message id maps to (node, version it 
 At most one message is in flight per node. A message that errors, or is not answered within
 ``job_timeout_s``, frees its slot for another node; its node backs off (``backoff_s`` doubling
 per consecutive failure) and, after ``cooldown_failures`` failures in a row, cools down for
-``cooldown_s``; a timed-out node stays busy until its late reply is drained (never used), or
-until twice ``job_timeout_s`` have passed (the message is then taken as lost with its node's
-process, counted ``lost``, and the node may be asked again).
+``cooldown_s``; a timed-out node stays busy until its late reply is drained (never used). If
+the node left the grid meanwhile (its process died with the message) and is back, the message
+is taken as lost once twice ``job_timeout_s`` have passed (counted ``lost``) and the node may be
+asked again; a node that never left is never sent a second message.
 
 Time: with a simulated network (``network=ideal|mobile|mixed``) arrivals are ordered on the
 virtual clock (dispatch time + the node's simulated round time), one event at a time, so a
@@ -71,6 +72,7 @@ class Job:
     sent_at: float
     pushed_wall: float
     drops: bool = False  # the simulated network drops this job (decided at dispatch)
+    vanished: bool = False  # its node left the grid while the message was out (deployment)
 
 
 @dataclass(order=True)
@@ -372,13 +374,19 @@ class _Loop:
                 self.stale_ids[mid] = job
                 self.driver.counters["timed_out"] += 1
                 self._failed(job.node, f"no reply within job_timeout_s={timeout}")
+        if not self.stale_ids:
+            return
+        online = set(self.spec.grid.get_node_ids())
         for mid, job in list(self.stale_ids.items()):
-            # a message lost with its node's process (killed, restarted) is never answered:
-            # after twice the timeout its node may be asked again
-            if now - job.pushed_wall > 2 * timeout:
+            # a message lost with its node's process (killed, restarted) is never answered;
+            # one that is only slow still runs there. Only a node seen gone since the push may
+            # be asked again (after twice the timeout): never two messages to a live node
+            if job.node not in online:
+                job.vanished = True
+            if job.vanished and job.node in online and now - job.pushed_wall > 2 * timeout:
                 del self.stale_ids[mid]
                 self.driver.counters["lost"] += 1
-                log(INFO, "\t> node %d: message %s taken as lost", job.node, mid[:12])
+                log(INFO, "\t> node %d came back: message %s taken as lost", job.node, mid[:12])
 
     def _failed(self, node: int, reason: str) -> None:
         d = self.driver
