@@ -268,9 +268,12 @@ class _Loop:
         assert rnd is not None
         if not messages:
             if not self.jobs and self.driver.network is not None and not waiting:
+                # the virtual clock cannot move without an arrival: waiting would never end
                 raise RuntimeError(
-                    f"no node can train model version {self.version + 1}: every free node is "
-                    "offline in the simulated network and none is in flight or backing off"
+                    f"no node can train model version {self.version + 1}: nothing is in "
+                    f"flight or backing off, {len(offline)} node(s) are offline in the "
+                    "simulated network for this version and the others were left out by the "
+                    "stages (e.g. spent privacy budgets, min_train_nodes)"
                 )
             return
         self.driver.bytes_down_cum += rnd.log.bytes_down

@@ -208,6 +208,18 @@ def test_a_message_never_answered_is_lost_only_if_its_node_left_and_came_back(va
         assert driver.counters["lost"] == 0 and grid.jobs[0] == 1 and grid.max_in_flight == 1
 
 
+class NobodyOnline(SimulatedNetwork):
+    def online(self, node_id, server_round):
+        return False
+
+
+def test_a_simulated_network_with_nobody_online_fails_at_once_with_the_reason():
+    """The virtual clock cannot move without an arrival: an error, not an endless wait."""
+    with pytest.raises(RuntimeError, match=r"version 1: .* 3 node\(s\) are offline"):
+        run(InProcessGrid(make_app(), 3), versions=2, concurrency=2, buffer_size=2,
+            network=NobodyOnline(profile="ideal"), seconds_per_example=0.001)  # fmt: skip
+
+
 def test_the_drivers_state_survives_a_restart():
     driver = BufferedAsync(concurrency=2, buffer_size=1)
     driver.clock_s, driver.failures, driver.counters["failed"] = 12.5, {2**63 + 5: 2}, 3
