@@ -61,12 +61,14 @@ def test_the_probe_reads_a_revoked_token_as_ended_and_an_unreachable_link_as_unk
 
 @pytest.mark.slow
 def test_flwr_stop_after_round_one_ends_a_simulation_early_and_closes_its_mlflow_run(tmp_path):
-    checkpoints, num_rounds = tmp_path / "ck", 6
+    # far more rounds than a `flwr stop` can take to land, even on a loaded machine (with 6,
+    # a run on a busy CI worker finished before the stop did)
+    checkpoints, num_rounds = tmp_path / "ck", 100
     overrides = [
         "dataset=digits",
         "model=mlp",
         f"num_rounds={num_rounds}",
-        "local_epochs=5",  # rounds long enough that `flwr stop` lands before the last one
+        "local_epochs=5",
         "fraction_evaluate=0",
         "tracking.experiment=stopped",
         f"checkpoint.dir={checkpoints}",
