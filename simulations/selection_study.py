@@ -25,14 +25,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from simulations.study_runs import run_curve
+from simulations.study_runs import Point, run_curve, time_to
 
 SELECTORS = {"random": "uniform", "oort": "oort", "power-of-choice": "power_of_choice"}
 NODES = 100
 
 
-def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[float, float]]:
-    """(simulated time, test accuracy) after every round."""
+def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[Point]:
+    """Test accuracy and simulated time after every round."""
     overrides = [
         f"selection={selection}",
         f"seed={seed}",
@@ -47,13 +47,7 @@ def one(selection: str, seed: int, rounds: int, extra: list[str]) -> list[tuple[
         "fraction_evaluate=0.0",
         *extra,
     ]
-    curve = run_curve(f"selection-{selection}-{seed}", overrides, NODES, ("sim_time_s",))
-    return [(p["sim_time_s"], p["accuracy"]) for p in curve]
-
-
-def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
-    """Simulated time of the first round at or above ``target`` accuracy."""
-    return next((t for t, acc in curve if acc >= target), None)
+    return run_curve(f"selection-{selection}-{seed}", overrides, NODES, ("sim_time_s",))
 
 
 def main() -> None:
@@ -67,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    curves: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    curves: dict[str, dict[int, list[Point]]] = {}
     with tempfile.TemporaryDirectory() as home:
         os.environ["FL_EXT_HOME"] = home
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -82,7 +76,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for label, by_seed in curves.items():
         reach = [time_to(c, args.target) for c in by_seed.values()]
-        finals = [c[-1][1] for c in by_seed.values()]
+        finals = [c[-1]["accuracy"] for c in by_seed.values()]
         shown = [f"{t:.0f}" if t is not None else "-" for t in reach]
         mean = (
             f"{statistics.mean(t for t in reach if t is not None):.0f}"
@@ -99,8 +93,8 @@ def main() -> None:
     ):
         for i, c in enumerate(by_seed.values()):
             ax.plot(
-                [t for t, _ in c],
-                [a for _, a in c],
+                [p["sim_time_s"] for p in c],
+                [p["accuracy"] for p in c],
                 color=color,
                 alpha=0.8,
                 label=label if i == 0 else None,

@@ -52,8 +52,9 @@ from fl_ext.selection.network import SimulatedNetwork
 from flwr_records import record_to_named
 from strategies.drivers import CheckpointFn, RoundCallback, RunSpec, SyncRounds, scalars
 from strategies.exchange import InFlight
-from strategies.replies import TrainReply, reported_metrics
+from strategies.replies import TrainReply
 from strategies.round import Round
+from strategies.stragglers import compute_seconds
 from strategies.wire import record_wire_bytes
 
 if TYPE_CHECKING:
@@ -350,21 +351,11 @@ class _Loop:
     def _arrival_time(self, job: Job, reply: Message) -> float:
         if self.driver.network is None:
             return time.monotonic() - self.wall0
-        compute = self._compute_s(job, reply)
+        epochs = job.rnd.epochs.get(job.node, 1)
+        compute = compute_seconds(reply, epochs, self.driver.seconds_per_example, unknown=1.0)
         up = record_wire_bytes(reply.content) if reply.has_content() and not job.drops else 0
         down = job.rnd.bytes_down.get(job.node, 0)
         return job.sent_at + self.driver.network.round_time(job.node, compute, down, up)
-
-    def _compute_s(self, job: Job, reply: Message) -> float:
-        """Modeled (examples x epochs x seconds_per_example: reproducible) or reported."""
-        metrics = reported_metrics(reply)
-        spe = self.driver.seconds_per_example
-        if spe is not None:
-            n = metrics.get("num-examples", 0)
-            n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
-            return n * job.rnd.epochs.get(job.node, 1) * spe
-        compute = metrics.get("compute_time_s", 1.0)
-        return float(compute) if isinstance(compute, int | float) and compute >= 0 else 1.0
 
     def _expire(self) -> None:
         timeout = self.driver.job_timeout_s

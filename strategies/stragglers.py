@@ -180,6 +180,24 @@ class RoundPolicy(Stage):
         return out
 
 
+def compute_seconds(
+    msg: Message, epochs: int, seconds_per_example: float | None, *, unknown: float = 0.0
+) -> float:
+    """A reply's compute time on the simulated clock, shared by rounds and FedBuff's jobs.
+
+    Modeled as examples x epochs x ``seconds_per_example`` (reproducible on any machine), or,
+    with ``seconds_per_example`` None, the client's reported ``compute_time_s`` (``unknown``
+    when it is missing or not a number >= 0).
+    """
+    metrics = reported_metrics(msg)
+    if seconds_per_example is not None:
+        n = metrics.get("num-examples", 0)
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+        return n * epochs * seconds_per_example
+    value = metrics.get("compute_time_s", unknown)
+    return float(value) if isinstance(value, int | float) and value >= 0 else unknown
+
+
 class StragglerPolicy(RoundPolicy):
     """The virtual clock: see the module docstring."""
 
@@ -199,18 +217,6 @@ class StragglerPolicy(RoundPolicy):
     def online(self, node_id: int, server_round: int) -> bool:
         return self.network.online(node_id, server_round)
 
-    def _compute_s(self, msg: Message, epochs: int) -> float:
-        """Modeled (examples x epochs x seconds_per_example: reproducible) or the reported time."""
-        metrics = reported_metrics(msg)
-        if not metrics:
-            return 0.0
-        if self.seconds_per_example is not None:
-            n = metrics.get("num-examples", 0)
-            n = n if isinstance(n, int) and n >= 0 else 0
-            return n * epochs * self.seconds_per_example
-        value = metrics.get("compute_time_s", 0.0)
-        return float(value) if isinstance(value, (int, float)) and value >= 0 else 0.0
-
     def close(self, rnd: Round) -> ClockRound:
         """Which replies count, and how long the round took on the simulated clock."""
         out = ClockRound()
@@ -221,7 +227,7 @@ class StragglerPolicy(RoundPolicy):
             if self.network.drops(node, rnd.number):
                 out.dropped += 1
                 continue
-            compute = self._compute_s(msg, rnd.epochs.get(node, 1))
+            compute = compute_seconds(msg, rnd.epochs.get(node, 1), self.seconds_per_example)
             up = rnd.reply_bytes.get(id(msg), 0)
             out.arrived.append(msg)
             t = self.network.round_time(node, compute, rnd.bytes_down.get(node, 0), up)
