@@ -23,10 +23,12 @@ from omegaconf import OmegaConf
 
 from fl_ext.aggregators import Aggregator, RobustAggregation
 from fl_ext.data import Partitioner
-from fl_ext.data.datasets import TrainTestSplit
+from fl_ext.data.datasets import ArrayDataset, TrainTestSplit
 from fl_ext.data.federated import load_split
+from fl_ext.data.normalize import NORMALIZE_KEY, Normalization
 from fl_ext.early_stopping import EarlyStopping
 from fl_ext.models import ClassifierNet
+from fl_ext.models.normalized import Normalized
 from fl_ext.params import ParamSpec, get_weights, set_weights
 from fl_ext.preagg import PreAggregator
 from fl_ext.selection import Selector
@@ -45,7 +47,8 @@ from strategies import FlExtFedAvg
 from strategies.buffered import BufferedAsync
 from strategies.compression import AdaptiveCompression, Compression
 from strategies.dropout import SimulatedDropout
-from strategies.privacy import ClientLevelDP
+from strategies.federated_stats import FederatedStatistics
+from strategies.privacy import ClientLevelDP, SampleLevelDP
 from strategies.stragglers import RoundPolicy, StragglerPolicy
 
 log = logging.getLogger("fl_ext")
@@ -65,6 +68,30 @@ class Built:
     evaluate_config: ConfigRecord
     history: dict[int, float] = field(default_factory=dict)
     stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
+    statistics: FederatedStatistics | None = None  # preprocessing=federated_stats
+    normalization: Normalization | None = None  # its result, once the phase ran
+    _normalized_test: ArrayDataset | None = None
+
+    def normalize_with(self, normalization: Normalization) -> None:
+        """Every client and the server's evaluation use ``normalization`` from now on."""
+        self.normalization, self._normalized_test = normalization, None
+        entry = {NORMALIZE_KEY: normalization.to_json()}
+        self.train_config = ConfigRecord({**dict(self.train_config), **entry})
+        self.evaluate_config = ConfigRecord({**dict(self.evaluate_config), **entry})
+
+    def server_test(self) -> ArrayDataset:
+        """The held-out split as the model sees it (normalised when the federation is)."""
+        if self.normalization is None:
+            return self.split.test
+        if self._normalized_test is None:
+            self._normalized_test = self.normalization.apply(self.split.test)
+        return self._normalized_test
+
+    def served_model(self) -> torch.nn.Module:
+        """What is registered: the model, behind its normalisation when there is one."""
+        if self.normalization is None:
+            return self.model
+        return Normalized(self.model, self.normalization)
 
 
 def build(experiment: Experiment) -> Built:
@@ -132,6 +159,7 @@ def build(experiment: Experiment) -> Built:
             driver=driver,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
+        statistics = build_statistics(conf, aggregation, privacy, secure is not None)
     except (ValueError, SpecError, TypeError, HydraException) as err:
         raise ConfigError(f"cannot build the experiment: {err}") from err
     if not isinstance(strategy, FlExtFedAvg):
@@ -166,7 +194,33 @@ def build(experiment: Experiment) -> Built:
         tracker,
         train_config,
         ConfigRecord(data_keys),
+        statistics=statistics,
     )
+
+
+def build_statistics(
+    conf: dict[str, Any], aggregation: RobustAggregation, privacy: object, secure: bool
+) -> FederatedStatistics | None:
+    """The federated-statistics phase ``preprocessing=federated_stats`` asks for, checked."""
+    stats = build_group("preprocessing", conf, FederatedStatistics)
+    if stats is None:
+        return None
+    if secure:
+        raise ValueError(
+            "preprocessing=federated_stats with secagg: the statistics phase does not use the "
+            "secure sum yet, and the clients' moments would reach the server in the clear"
+        )
+    if aggregation.needs_reference:
+        raise ValueError(
+            "preprocessing=federated_stats with a rule that trains on the server's root set "
+            f"({conf['aggregator'].get('_target_')}): the root set is not normalised yet"
+        )
+    if stats.noise_multiplier > 0 and not isinstance(privacy, SampleLevelDP):
+        raise ValueError(
+            "preprocessing.noise_multiplier > 0 needs privacy=dp_sgd: the release is recorded "
+            "in each client's sample-level ledger"
+        )
+    return stats
 
 
 def build_driver(

@@ -10,8 +10,8 @@ from simulations.build import Built
 
 
 def central_evaluate(built: Built, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-    """Loss and accuracy of the global model on the server's held-out test split."""
+    """Loss and accuracy of the global model on the server's held-out test split (normalised)."""
     set_weights(built.model, arrays.to_numpy_ndarrays())
-    loss, accuracy = evaluate(built.model, built.split.test)
+    loss, accuracy = evaluate(built.model, built.server_test())
     built.history[server_round] = accuracy
     return MetricRecord({"loss": loss, "accuracy": accuracy})

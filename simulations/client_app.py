@@ -7,12 +7,15 @@ node config (set by the simulation engine, or by ``--node-config`` on a SuperNod
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import Context, Message
 
 from clients import SgdClient, numpy_client_app
-from fl_ext.data.federated import client_data
+from clients.stats import STATS_ACTION, stats_reply
+from fl_ext.data.federated import ClientData, client_data
+from fl_ext.data.normalize import NORMALIZE_KEY, Normalization
 from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
 from simulations.console import configure_console
@@ -20,18 +23,26 @@ from simulations.console import configure_console
 configure_console()  # in the simulation's actor process too: one line per event
 
 
-def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
-    """Build this node's client for one message."""
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+def node_data(context: Context, config: dict[str, Any]) -> ClientData:
+    """The node's partition, normalised with the federation's statistics when sent."""
     data = client_data(
         dataset_spec_json=str(config["dataset-spec"]),
         partition_spec_json=str(config["partition-spec"]),
-        partition_id=partition_id,
-        num_partitions=num_partitions,
+        partition_id=int(context.node_config["partition-id"]),
+        num_partitions=int(context.node_config["num-partitions"]),
         local_test_fraction=float(config.get("local-test-fraction", 0.1)),
         expected_hash=str(config["dataset-hash"]) if "dataset-hash" in config else None,
     )
+    if NORMALIZE_KEY not in config:
+        return data
+    norm = Normalization.from_json(str(config[NORMALIZE_KEY]))
+    return replace(data, train=norm.apply(data.train), test=norm.apply(data.test))
+
+
+def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
+    """Build this node's client for one message."""
+    partition_id = int(context.node_config["partition-id"])
+    data = node_data(context, config)
     model = build_from_spec(
         spec_from_json(str(config["model-spec"])),
         ClassifierNet,
@@ -52,3 +63,8 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
 
 
 app = numpy_client_app(client_fn)
+
+
+@app.query(STATS_ACTION)
+def _statistics(msg: Message, context: Context) -> Message:
+    return stats_reply(msg, context, node_data)

@@ -167,7 +167,7 @@ def _register(
 ) -> str | None:
     """Log ``built.model`` (its current weights) and register it with its round and signature."""
     return built.tracker.log_model(
-        built.model,
+        built.served_model(),  # raw images in: the normalisation (if any) is part of it
         input_example=built.split.test.x[:2],
         registered_name=name,
         tags={**tags, "round": str(server_round), "checkpoint_signature": signature},

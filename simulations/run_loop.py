@@ -30,6 +30,7 @@ from simulations.checkpointing import Restored, RoundSaver, open_store
 from simulations.config import ConfigError
 from simulations.finish import finish
 from simulations.run_control import RunControl
+from simulations.stats_phase import apply_statistics
 from strategies.nodes import wait_for_nodes
 
 log = logging.getLogger("fl_ext")
@@ -127,6 +128,7 @@ def _run_tracked(
     check_aggregation(built, len(nodes))
     check_privacy(built, len(nodes))
     tracker.set_tags({"num_clients": str(len(nodes))})
+    apply_statistics(built, grid, nodes, resumed=restored is not None and restored.mode == "resume")
     control = RunControl.for_this_process(on_stop=lambda why: _stopped(built, why))
     control.close_on_exit(lambda: tracker.end("KILLED"))  # stopped in the middle of a round
     result = built.strategy.start(

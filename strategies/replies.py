@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Message
 from fl_ext.codecs import Codec, PayloadError
 from fl_ext.compat import CLIENT_INFO, SCHEMA_KEY, VERSION_KEY, incompatibility, schema_mismatch
 from fl_ext.params import ParamSpec
+from fl_ext.stats import Moments
 from fl_ext.validation import (
     Rejection,
     RejectReason,
@@ -175,3 +176,88 @@ def parse_evaluate_reply(msg: Message, *, max_examples: int | None) -> EvaluateR
         return rejection
     num_examples = int(metrics.pop(NUM_EXAMPLES))
     return EvaluateReply(msg.metadata.src_node_id, num_examples, metrics)
+
+
+@dataclass(frozen=True)
+class StatsReply:
+    """A federated-statistics reply that passed the checks (see :func:`parse_stats`)."""
+
+    node_id: int
+    moments: Moments
+    num_examples: int
+    partition_hash: str
+    partition_size: int
+    client_key: str | None  # the partition id it reports (the DP ledger's key), if any
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_stats(  # noqa: PLR0911  (one rejection per broken promise)
+    msg: Message,
+    *,
+    channels: int,
+    pixels: int,
+    min_count: int,
+    value_range: tuple[float, float],
+) -> StatsReply | Rejection:
+    """A ``query.fedstats`` reply as checked moments, or why it cannot be used.
+
+    The moments must be consistent with each other and possible for ``num-examples`` images
+    of ``channels`` x ``pixels`` values in ``value_range``: every count equals
+    ``num-examples * pixels``, the means lie in the range, and no m2 exceeds what values in
+    the range can reach (Popoviciu: ``variance <= (hi - lo)^2 / 4``).
+    """
+    records = msg.content.array_records
+    if set(records) != {"stats"} or set(records["stats"]) != {"count", "mean", "m2"}:
+        return Rejection(RejectReason.MALFORMED, "expected ArrayRecord 'stats' {count, mean, m2}")
+    arrays = record_to_named(records["stats"])
+    for key, kind in (("count", "i"), ("mean", "f"), ("m2", "f")):
+        if arrays[key].shape != (channels,) or arrays[key].dtype.kind != kind:
+            return Rejection(
+                RejectReason.SHAPE_MISMATCH,
+                f"{key} must be a {channels}-vector of kind {kind!r}, got "
+                f"{arrays[key].dtype} {arrays[key].shape}",
+            )
+    metrics = _single_metrics(msg)
+    if isinstance(metrics, Rejection):
+        return metrics
+    n = metrics.get(NUM_EXAMPLES)
+    if isinstance(n, bool) or not isinstance(n, int) or n < min_count:
+        return Rejection(
+            RejectReason.BAD_EXAMPLE_COUNT, f"num-examples {n!r} is not an integer >= {min_count}"
+        )
+    try:
+        moments = Moments(
+            arrays["count"].astype(np.int64),
+            arrays["mean"].astype(np.float64),
+            arrays["m2"].astype(np.float64),
+        )
+    except ValueError as err:
+        return Rejection(RejectReason.NON_FINITE, str(err))
+    if (moments.count != n * pixels).any():
+        return Rejection(
+            RejectReason.BAD_EXAMPLE_COUNT,
+            f"counts {moments.count.tolist()} != num-examples {n} x {pixels} values per channel",
+        )
+    lo, hi = value_range
+    slack = 1e-9 * max(1.0, hi - lo)
+    if (moments.mean < lo - slack).any() or (moments.mean > hi + slack).any():
+        return Rejection(
+            RejectReason.BAD_METRIC, f"means {moments.mean.tolist()} outside {value_range}"
+        )
+    if (moments.m2 > moments.count * (hi - lo) ** 2 / 4 * (1 + 1e-9) + slack).any():
+        return Rejection(RejectReason.BAD_METRIC, "m2 larger than values in the range can give")
+    data = msg.content.config_records.get("data")
+    phash = str(data.get("partition-hash", "") if data is not None else "")
+    size = data.get("partition-size") if data is not None else None
+    if len(phash) != 64 or not set(phash) <= _HEX:
+        return Rejection(RejectReason.MALFORMED, "partition-hash must be a SHA-256 hex digest")
+    if isinstance(size, bool) or not isinstance(size, int) or size < n:
+        return Rejection(
+            RejectReason.BAD_EXAMPLE_COUNT, f"partition-size {size!r} must be an integer >= {n}"
+        )
+    claimed = metrics.get("dp-client")
+    ok = isinstance(claimed, int) and not isinstance(claimed, bool) and claimed >= 0
+    client = str(claimed) if ok else None
+    return StatsReply(msg.metadata.src_node_id, moments, n, phash, size, client)

@@ -11,7 +11,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from fl_ext.data.datasets import ArrayDataset, DatasetSource, TrainTestSplit, stratified_split
+from fl_ext.data.datasets import (
+    ArrayDataset,
+    DatasetSource,
+    TrainTestSplit,
+    content_hash,
+    stratified_split,
+)
 from fl_ext.data.partition import Partitioner
 from fl_ext.specs import build_from_spec, spec_from_json
 
@@ -24,6 +30,12 @@ class ClientData:
     test: ArrayDataset
     input_shape: tuple[int, ...]
     num_classes: int
+    partition_hash: str = ""  # SHA-256 of this partition's examples: reported, never the data
+
+    @property
+    def num_examples(self) -> int:
+        """Examples in the partition (local train plus local test)."""
+        return len(self.train) + len(self.test)
 
 
 @lru_cache(maxsize=4)
@@ -71,7 +83,9 @@ def client_data(
         train, test = part.subset(local_train), part.subset(local_test)
     else:
         train, test = part, part.subset(np.arange(0))
-    return ClientData(train, test, split.input_shape, split.num_classes)
+    return ClientData(
+        train, test, split.input_shape, split.num_classes, content_hash(part.x, part.y)
+    )
 
 
 def _random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

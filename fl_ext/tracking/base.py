@@ -37,6 +37,10 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store a text artifact (e.g. the resolved config)."""
 
+    def read_text(self, artifact_file: str) -> str | None:
+        """A text artifact of the current run, None if it has none (a resumed run reads back)."""
+        return None
+
     def log_png(self, png_bytes: bytes, artifact_file: str) -> None:
         """Store an image artifact."""
 

@@ -124,6 +124,16 @@ class MlflowTracker(Tracker):
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self._require_run(), text, artifact_file)
 
+    def read_text(self, artifact_file: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.client.download_artifacts(self._require_run(), artifact_file, tmp)
+            except (MlflowException, OSError):
+                return None
+            return Path(path).read_text()
+
     def log_png(self, png_bytes: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name

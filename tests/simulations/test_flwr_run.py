@@ -67,7 +67,7 @@ def test_flwr_run_trains_tracks_registers_and_matches_the_inprocess_driver(link,
 @pytest.mark.parametrize(
     "selection",
     [
-        "selection=oort network=mixed",
+        "selection=oort network=mixed preprocessing=federated_stats preprocessing.min_count=5",
         "selection=power_of_choice driver=fedbuff driver.concurrency=3 driver.buffer_size=2",
         "selection=weighted secagg=secagg_plus",  # and the SecAgg+ phases as real messages
     ],
@@ -91,6 +91,8 @@ def test_every_selector_runs_through_a_real_flwr_run(link, selection):
         assert "Version 2/2: " in outcome.output and "Finished: 2 model versions" in outcome.output
         return
     assert "[ROUND 2/2]" in outcome.output and "Round 1/2: " in outcome.output
+    if "federated_stats" in selection:  # the query phase as real messages, before round 1
+        assert "Federated statistics from 6 clients" in outcome.output
     if "secagg" in selection:
         assert "secure aggregation: plus graph" in outcome.output
         assert "abandoned" not in outcome.output and "refused" not in outcome.output
