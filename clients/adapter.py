@@ -24,6 +24,8 @@ from torch import nn
 from fl_ext import __version__
 from fl_ext.compat import (
     CLIENT_INFO,
+    DATA_HASH_KEY,
+    DATA_SIZE_KEY,
     EVALUATE_RECEIVED,
     INCOMPATIBLE,
     SCHEMA_KEY,
@@ -79,9 +81,18 @@ def client_schema(client: NumPyClient) -> str:
     return schema_hash(get_weights(model)) if isinstance(model, nn.Module) else ""
 
 
-def client_info(schema: str) -> ConfigRecord:
-    """What every reply says about the client: its fl-ext version and model schema."""
-    return ConfigRecord({VERSION_KEY: __version__, SCHEMA_KEY: schema})
+def client_info(schema: str, client: NumPyClient | None = None) -> ConfigRecord:
+    """What every reply says about the client: its fl-ext version and model schema.
+
+    A client with a ``data_hash`` attribute (an fl-ext client) adds its data version: the
+    SHA-256 of its examples and their count, never the data itself.
+    """
+    info: dict[str, Any] = {VERSION_KEY: __version__, SCHEMA_KEY: schema}
+    data_hash = getattr(client, "data_hash", "")
+    if isinstance(data_hash, str) and data_hash:
+        info[DATA_HASH_KEY] = data_hash
+        info[DATA_SIZE_KEY] = len(client.train) + len(client.test)  # type: ignore[union-attr]
+    return ConfigRecord(info)
 
 
 def refusal(msg: Message, config: dict[str, Any], schema: str) -> Message | None:
@@ -146,7 +157,7 @@ def train_reply(msg: Message, context: Context, client_fn: ClientFn) -> Message:
             METRICS_KEY: MetricRecord(
                 {**_metrics(metrics), **evaluated, "num-examples": int(num_examples)}
             ),
-            CLIENT_INFO: client_info(schema),
+            CLIENT_INFO: client_info(schema, client),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -166,7 +177,7 @@ def evaluate_reply(msg: Message, context: Context, client_fn: ClientFn) -> Messa
             METRICS_KEY: MetricRecord(
                 {**_metrics(metrics), "loss": float(loss), "num-examples": int(num_examples)}
             ),
-            CLIENT_INFO: client_info(schema),
+            CLIENT_INFO: client_info(schema, client),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -24,12 +24,19 @@ class SgdClient(NumPyClient):
     """
 
     def __init__(
-        self, *, model: nn.Module, train: ArrayDataset, test: ArrayDataset, partition_id: int = 0
+        self,
+        *,
+        model: nn.Module,
+        train: ArrayDataset,
+        test: ArrayDataset,
+        partition_id: int = 0,
+        data_hash: str = "",
     ) -> None:
         self.model = model
         self.train = train
         self.test = test
         self.partition_id = partition_id
+        self.data_hash = data_hash  # reported with every reply (client-info): the data version
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return list(get_weights(self.model).values())

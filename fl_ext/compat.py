@@ -19,6 +19,8 @@ __all__ = ["INCOMPATIBLE", "incompatibility", "parse_version", "schema_hash", "s
 EVALUATE_RECEIVED = "evaluate-received"  # train config flag: evaluate the received model first
 VERSION_KEY = "fl-ext-version"
 SCHEMA_KEY = "schema-hash"
+DATA_HASH_KEY = "data-hash"  # SHA-256 of the client's partition: its data version, never data
+DATA_SIZE_KEY = "data-size"  # examples in it
 CLIENT_INFO = "client-info"  # the ConfigRecord every reply carries
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?([.+-].*)?$")

@@ -46,6 +46,7 @@ from simulations.secagg_build import build_secagg
 from strategies import FlExtFedAvg
 from strategies.buffered import BufferedAsync
 from strategies.compression import AdaptiveCompression, Compression
+from strategies.data_versions import DataVersions
 from strategies.dropout import SimulatedDropout
 from strategies.federated_stats import FederatedStatistics
 from strategies.privacy import ClientLevelDP, SampleLevelDP
@@ -68,6 +69,7 @@ class Built:
     evaluate_config: ConfigRecord
     history: dict[int, float] = field(default_factory=dict)
     stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
+    data_versions: DataVersions = field(default_factory=DataVersions)  # clients' data, by hash
     statistics: FederatedStatistics | None = None  # preprocessing=federated_stats
     normalization: Normalization | None = None  # its result, once the phase ran
     _normalized_test: ArrayDataset | None = None
@@ -100,6 +102,7 @@ def build(experiment: Experiment) -> Built:
     try:
         dataset_json = spec_to_json(conf["dataset"])
         split = load_split(dataset_json)
+        dataset_json = pinned_dataset(conf["dataset"], split, dataset_json)
         partitioner = build_from_spec(conf["partition"], Partitioner)
         torch.manual_seed(conf["seed"])
         model = build_from_spec(
@@ -133,6 +136,7 @@ def build(experiment: Experiment) -> Built:
         driver = build_driver(conf, privacy, stragglers)
         if driver is not None:
             stragglers = None  # the asynchronous driver keeps the clock itself
+        data_versions = DataVersions()
         size = sum(int(a.size) for a in get_weights(model).values())
         secure = build_secagg(conf, size=size)
         if secure is not None and strategy_cfg.get("max_update_norm") is not None:
@@ -155,7 +159,7 @@ def build(experiment: Experiment) -> Built:
             server_opt=server_opt,
             early_stopping=early_stopping,
             secure_aggregation=secure,
-            stages=build_dropout(conf, secure is not None),
+            stages=[*build_dropout(conf, secure is not None), data_versions],
             driver=driver,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
@@ -194,8 +198,22 @@ def build(experiment: Experiment) -> Built:
         tracker,
         train_config,
         ConfigRecord(data_keys),
+        data_versions=data_versions,
         statistics=statistics,
     )
+
+
+def pinned_dataset(spec: dict[str, Any], split: TrainTestSplit, spec_json: str) -> str:
+    """The dataset spec clients get: a DVC branch or tag replaced by the commit it named.
+
+    A branch can move during a run; the commit the server resolved cannot, so every client
+    reads the bytes the server read (their content hash is checked too). ``rev: null`` (the
+    working tree) is left as it is: the working tree may differ from any commit.
+    """
+    commit = split.provenance.get("dvc_commit")
+    if not commit or spec.get("rev") in (None, commit):
+        return spec_json
+    return spec_to_json({**spec, "rev": commit})
 
 
 def build_statistics(

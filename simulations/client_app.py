@@ -58,8 +58,15 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
             train=data.train,
             test=data.test,
             partition_id=partition_id,
+            data_hash=data.partition_hash,
         )
-    return SgdClient(model=model, train=data.train, test=data.test, partition_id=partition_id)
+    return SgdClient(
+        model=model,
+        train=data.train,
+        test=data.test,
+        partition_id=partition_id,
+        data_hash=data.partition_hash,
+    )
 
 
 app = numpy_client_app(client_fn)

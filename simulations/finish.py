@@ -19,6 +19,7 @@ from fl_ext.tracking.plots import accuracy_plot_png
 from simulations import naming
 from simulations.build import Built
 from simulations.checkpointing import RoundSaver
+from simulations.data_records import client_data_tag
 
 log = logging.getLogger("fl_ext")
 
@@ -54,6 +55,9 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         "num_clients": str(num_clients),
         "dataset": exp.choices["dataset"],
         "dataset_hash": built.split.content_hash,
+        "dataset_version": built.split.version,
+        "client_data": client_data_tag(built),
+        **normalization_tags(built),
         "partition": exp.choices["partition"],
         "partition_params": str(partition),
         "model": exp.choices["model"],
@@ -174,6 +178,18 @@ def _register(
         artifact_path=artifact_path,
         aliases=aliases,
     )
+
+
+def normalization_tags(built: Built) -> dict[str, str]:
+    """The federation's statistics the model normalises with (the monitor compares them)."""
+    norm = built.normalization
+    if norm is None:
+        return {}
+    return {
+        "preprocessing": built.experiment.choices.get("preprocessing", "none"),
+        "stats_mean": json.dumps(list(norm.mean)),
+        "stats_std": json.dumps(list(norm.std)),
+    }
 
 
 def test_split_tags(built: Built) -> dict[str, str]:

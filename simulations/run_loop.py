@@ -28,6 +28,7 @@ from simulations.build import Built, check_aggregation, check_partitions, check_
 from simulations.central_eval import central_evaluate
 from simulations.checkpointing import Restored, RoundSaver, open_store
 from simulations.config import ConfigError
+from simulations.data_records import log_client_data, log_server_dataset
 from simulations.finish import finish
 from simulations.run_control import RunControl
 from simulations.stats_phase import apply_statistics
@@ -128,7 +129,14 @@ def _run_tracked(
     check_aggregation(built, len(nodes))
     check_privacy(built, len(nodes))
     tracker.set_tags({"num_clients": str(len(nodes))})
+    log_server_dataset(built)
     apply_statistics(built, grid, nodes, resumed=restored is not None and restored.mode == "resume")
+    log_client_data(built)
+
+    def on_round_end(server_round: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(server_round, metrics)
+        log_client_data(built)
+
     control = RunControl.for_this_process(on_stop=lambda why: _stopped(built, why))
     control.close_on_exit(lambda: tracker.end("KILLED"))  # stopped in the middle of a round
     result = built.strategy.start(
@@ -139,7 +147,7 @@ def _run_tracked(
         train_config=built.train_config,
         evaluate_config=built.evaluate_config,
         evaluate_fn=lambda rnd, arrays: central_evaluate(built, rnd, arrays),
-        on_round_end=tracker.log_metrics,
+        on_round_end=on_round_end,
         first_round=first_round,
         checkpoint_fn=saver,
         should_stop=control,

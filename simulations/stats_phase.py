@@ -42,6 +42,8 @@ def apply_statistics(built: Built, grid: Grid, nodes: list[int], *, resumed: boo
         record_spend=_ledger_spend(built),
     )
     built.normalize_with(result.normalization())
+    for node, version in result.data_versions.items():
+        built.data_versions.record(node, version)
     record(built, result)
 
 

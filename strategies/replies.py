@@ -15,7 +15,15 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fl_ext.codecs import Codec, PayloadError
-from fl_ext.compat import CLIENT_INFO, SCHEMA_KEY, VERSION_KEY, incompatibility, schema_mismatch
+from fl_ext.compat import (
+    CLIENT_INFO,
+    DATA_HASH_KEY,
+    DATA_SIZE_KEY,
+    SCHEMA_KEY,
+    VERSION_KEY,
+    incompatibility,
+    schema_mismatch,
+)
 from fl_ext.params import ParamSpec
 from fl_ext.stats import Moments
 from fl_ext.validation import (
@@ -261,3 +269,20 @@ def parse_stats(  # noqa: PLR0911  (one rejection per broken promise)
     ok = isinstance(claimed, int) and not isinstance(claimed, bool) and claimed >= 0
     client = str(claimed) if ok else None
     return StatsReply(msg.metadata.src_node_id, moments, n, phash, size, client)
+
+
+def reported_data_version(msg: Message) -> tuple[str, int] | Rejection | None:
+    """The ``(partition SHA-256, examples)`` a reply's client-info reports, None if none.
+
+    A malformed report is a Rejection: only fl-ext clients send one, and a garbled data
+    version would make the run's record of which data it learned from wrong.
+    """
+    info = msg.content.config_records.get(CLIENT_INFO) if msg.has_content() else None
+    if info is None or DATA_HASH_KEY not in info:
+        return None
+    digest, size = info.get(DATA_HASH_KEY), info.get(DATA_SIZE_KEY)
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+        return Rejection(RejectReason.MALFORMED, f"{DATA_HASH_KEY} must be a SHA-256 hex digest")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return Rejection(RejectReason.MALFORMED, f"{DATA_SIZE_KEY} must be an integer >= 0")
+    return digest, size

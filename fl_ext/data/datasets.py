@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,12 @@ class TrainTestSplit:
     num_classes: int
     content_hash: str
     root: ArrayDataset | None = None  # server's own small training set (FLTrust), held out
+    provenance: Mapping[str, str] = field(default_factory=dict)  # where the data comes from
+
+    @property
+    def version(self) -> str:
+        """A short version label: the source's own (a DVC revision) or the content hash."""
+        return self.provenance.get("version") or f"sha256:{self.content_hash[:12]}"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -121,7 +128,12 @@ class DatasetSource:
             num_classes=num_classes,
             content_hash=digest,
             root=full.subset(root_idx) if self.root_size else None,
+            provenance=self.provenance(digest),
         )
+
+    def provenance(self, digest: str) -> dict[str, str]:
+        """Where the data comes from (``source``) and its version label (``version``)."""
+        return {"source": f"fl-ext:{self.name}", "version": f"sha256:{digest[:12]}"}
 
     def normalise(self, x_raw: np.ndarray) -> np.ndarray:
         """Scale raw pixel values to float32 [0, 1] images ``[N, 1, H, W]``."""

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One data version a run used: who holds it, its digest, where it comes from.
+
+    ``context``: ``training`` (a client's partition) or ``evaluation`` (the server's held-out
+    split). ``profile``: small facts about it (examples, node), never the data.
+    """
+
+    name: str
+    digest: str
+    source: str
+    context: str = "training"
+    profile: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Tracker:
@@ -36,6 +52,9 @@ class Tracker:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Store a text artifact (e.g. the resolved config)."""
+
+    def log_datasets(self, datasets: Sequence[DatasetRecord]) -> None:
+        """Record the data versions the run used (MLflow: dataset inputs of the run)."""
 
     def read_text(self, artifact_file: str) -> str | None:
         """A text artifact of the current run, None if it has none (a resumed run reads back)."""

@@ -46,6 +46,7 @@ _PREFIXES = (
     ("rejected_", "clients/rejected_"),
     ("bytes_", "bytes/"),
     ("dp_", "dp/"),
+    ("data_", "data/"),
     ("train_reply_", "time/train_reply_"),
     ("sim_upload_", "time/sim_upload_"),
 )
