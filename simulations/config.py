@@ -32,13 +32,15 @@ GROUPS = (
     "selection",
     "network",
     "server_opt",
+    "preprocessing",
     "dataset",
     "partition",
     "model",
     "tracking",
 )
 # groups whose `none` option is `_target_: null` (the component is off)
-OPTIONAL_GROUPS = ("attack", "privacy", "codec", "network", "server_opt")
+OPTIONAL_GROUPS = ("attack", "privacy", "codec", "network", "server_opt", "preprocessing")
+TASKS = ("train", "statistics", "monitor")
 
 
 class outside_hydra:  # a context manager, lower case like initialize_config_dir
@@ -194,6 +196,7 @@ def check_config(cfg: DictConfig) -> None:
         _require(c, key, _is_num(c[key]) and c[key] > 0, "> 0 seconds")
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
     _check_restart_keys(c)
+    _check_task_keys(c)
     _require(c, "evaluate_with_train", isinstance(c.evaluate_with_train, bool), "true or false")
     _require(
         c,
@@ -211,6 +214,28 @@ def check_config(cfg: DictConfig) -> None:
         _require(
             c, f"preagg.{name}._target_", isinstance(spec.get("_target_"), str), "a class path"
         )
+
+
+def _check_task_keys(c: DictConfig) -> None:
+    """``task`` and, for ``task=monitor``, the ``monitor`` settings."""
+    _require(c, "task", c.get("task") in TASKS, " | ".join(TASKS))
+    m = c.get("monitor") or {}
+    for key in ("max_drop", "max_stats_drift"):
+        value: Any = m.get(key)
+        _require(c, f"monitor.{key}", _is_num(value) and float(value) > 0, "> 0")
+    hook = m.get("webhook")
+    _require(
+        c,
+        "monitor.webhook",
+        hook is None or (isinstance(hook, str) and hook.startswith(("http://", "https://"))),
+        "an http(s) URL or null",
+    )
+    if c.task == "monitor":
+        model = m.get("model")
+        ok = isinstance(model, str) and ("@" in model or "/" in model)
+        _require(c, "monitor.model", ok, "NAME@ALIAS or NAME/VERSION of a registered model")
+    if c.task == "statistics" and c.preprocessing.get("_target_") is None:
+        raise ConfigError("task=statistics needs preprocessing=federated_stats (its settings)")
 
 
 def _check_restart_keys(c: DictConfig) -> None:

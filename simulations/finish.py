@@ -58,6 +58,11 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         "dataset_version": built.split.version,
         "client_data": client_data_tag(built),
         **normalization_tags(built),
+        **(
+            {"fed_eval_accuracy": repr(built.fed_eval[max(built.fed_eval)])}
+            if built.fed_eval
+            else {}
+        ),
         "partition": exp.choices["partition"],
         "partition_params": str(partition),
         "model": exp.choices["model"],

@@ -99,18 +99,32 @@ class Target:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print) -> int:
-    """The command line; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m simulations.run", description=__doc__.split("\n\n")[0]
-    )
+def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every command that runs an experiment takes (run, monitor, statistics)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for conf/")
     parser.add_argument("--num-supernodes", type=int, default=10, help="simulated nodes")
     parser.add_argument("--cpus-per-client", type=int, default=None, help="1 runs 2 at a time")
     parser.add_argument("--connection", default=None, help="a SuperLink connection (deployment)")
     parser.add_argument("--verbose", action="store_true", help="tracebacks and checks' logs")
     parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print) -> int:
+    """The command line; returns the exit code."""
+    parser = run_parser("python -m simulations.run", __doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
+    return launch(parser, args, write=write)[0]
+
+
+def launch(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    write: Callable[[str], None] = print,
+) -> tuple[int, int | None]:
+    """Check ``args.overrides``, run them, follow: ``(exit code, flwr run id or None)``."""
     if args.num_supernodes < 1:
         parser.error(f"--num-supernodes must be >= 1, got {args.num_supernodes}")
     logging.getLogger("fl_ext").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
@@ -118,11 +132,11 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
         precheck(args.overrides, None if args.connection else args.num_supernodes)
     except ConfigError as err:
         write(f"Configuration error: {err}")
-        return EXIT_CONFIG
+        return EXIT_CONFIG, None
     return _submit(args, write)
 
 
-def _submit(args: argparse.Namespace, write: Callable[[str], None]) -> int:
+def _submit(args: argparse.Namespace, write: Callable[[str], None]) -> tuple[int, int | None]:
     from fl_ext.tracking.paths import fl_ext_home
     from simulations.flwr_cli import run_app
     from simulations.local_superlink import LocalSuperLink
@@ -153,15 +167,15 @@ def _submit(args: argparse.Namespace, write: Callable[[str], None]) -> int:
                 )  # fmt: skip
     except KeyboardInterrupt:
         write("Interrupted: the SuperLink this command started is stopped.")
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, None
     if outcome.ok:
         if args.connection is None:
             shutil.rmtree(home, ignore_errors=True)  # kept on failure: its superlink.log
         write(f"Run {outcome.run_id} completed.")
-        return EXIT_OK
+        return EXIT_OK, outcome.run_id
     reason = follower.reason or "no reason in the log; run again with --verbose"
     write(f"Run {outcome.run_id} ended {outcome.status}: {reason}")
-    return EXIT_FAILED
+    return EXIT_FAILED, outcome.run_id
 
 
 if __name__ == "__main__":

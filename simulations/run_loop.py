@@ -135,6 +135,9 @@ def _run_tracked(
 
     def on_round_end(server_round: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics(server_round, metrics)
+        for key in ("fed_eval_accuracy", "fed_eval_received_accuracy"):
+            if key in metrics:
+                built.fed_eval[server_round] = float(metrics[key])
         log_client_data(built)
 
     control = RunControl.for_this_process(on_stop=lambda why: _stopped(built, why))

@@ -11,7 +11,7 @@ from flwr.supercore import log
 from simulations.build import build
 from simulations.config import ConfigError, compose_experiment, parse_overrides
 from simulations.console import configure_console
-from simulations.run_loop import run
+from simulations.tasks import run_task
 
 app = ServerApp()
 
@@ -27,4 +27,4 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log(ERROR, "Configuration error: %s", err)
         raise
-    run(grid, built, flwr_run_id=context.run_id)
+    run_task(grid, built, flwr_run_id=context.run_id)

@@ -139,9 +139,23 @@ def subsample(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.nd
     return x[order], y[order]
 
 
+def brightness(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``arg`` times the full scale to every pixel, clipped (a feature shift: a new sensor)."""
+    try:
+        shift = float(arg)
+    except ValueError:
+        shift = float("nan")
+    if not -1.0 < shift < 1.0:
+        raise ValueError(f"brightness={arg}: the shift must be in (-1, 1) of the full scale")
+    top = 255.0 if x.dtype == np.uint8 else 1.0
+    shifted = np.clip(x.astype(np.float64) + shift * top, 0.0, top)
+    return shifted.round().astype(np.uint8) if x.dtype == np.uint8 else shifted.astype(x.dtype), y
+
+
 TRANSFORMS: dict[str, Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, np.ndarray]]] = {
     "drop-class": drop_class,
     "subsample": subsample,
+    "brightness": brightness,
 }
 
 

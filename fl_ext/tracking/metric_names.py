@@ -47,6 +47,7 @@ _PREFIXES = (
     ("bytes_", "bytes/"),
     ("dp_", "dp/"),
     ("data_", "data/"),
+    ("monitor_", "monitor/"),
     ("train_reply_", "time/train_reply_"),
     ("sim_upload_", "time/sim_upload_"),
 )

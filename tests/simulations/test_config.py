@@ -19,6 +19,7 @@ def test_default_experiment():
         "selection": "uniform",
         "network": "none",
         "server_opt": "none",
+        "preprocessing": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",

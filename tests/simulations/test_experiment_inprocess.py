@@ -42,7 +42,14 @@ def test_tracked_run_has_params_metrics_artifacts_and_registered_model():
     assert found.info.run_name == "fedavg-digits-iid-mlp-seed0 num_rounds=3 fraction_evaluate=1.0"
     metrics = found.data.metrics
     # chart sections by prefix; MLflow lists them by name, the test accuracy first
-    assert {k.split("/")[0] for k in metrics} <= {"accuracy", "bytes", "clients", "loss", "time"}
+    assert {k.split("/")[0] for k in metrics} <= {
+        "accuracy",
+        "bytes",
+        "clients",
+        "data",
+        "loss",
+        "time",
+    }
     assert sorted(metrics)[:2] == ["accuracy/fed_eval", "accuracy/test"]
     for key in (
         "loss/test",

@@ -1,0 +1,79 @@
+"""Check a registered model on the federation's current data; suggest re-training on decay.
+
+    python -m simulations.monitor --model fl-ext-digits-mlp@best dataset=digits model=mlp
+    python -m simulations.monitor --model fl-ext-mnist5k-cnn/3 --max-drop 0.03 --json m.json
+    python -m simulations.monitor --model fl-ext-digits-mlp@best --retrain dataset=digits model=mlp
+
+A federated evaluation of the version on every client's local data and the federated
+statistics of their raw data, compared with what was recorded at registration (see
+``simulations/monitoring.py``). A degraded model is tagged ``retrain_suggested`` with the
+reason, alerted (log, MLflow tag, ``--webhook``); ``--retrain`` then starts the training run
+with the same overrides. The overrides must build the same model and data specs the version
+was trained with. Exit: 0 healthy or degraded (the verdict is printed and in ``--json``),
+3 degraded with ``--fail-on-degraded``, else as ``simulations.run``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from simulations.monitoring import REPORT
+from simulations.run import EXIT_FAILED, EXIT_OK, launch, run_parser
+from simulations.task_runs import run_artifact, tracking_uri, write_json
+
+EXIT_DEGRADED = 3
+
+
+def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print) -> int:
+    """The command line; returns the exit code."""
+    parser = run_parser("python -m simulations.monitor", __doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="NAME@ALIAS or NAME/VERSION")
+    parser.add_argument("--max-drop", type=float, default=None, help="alerting accuracy drop")
+    parser.add_argument("--max-stats-drift", type=float, default=None, help="in registered stds")
+    parser.add_argument("--webhook", default=None, help="http(s) URL the alert is POSTed to")
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--retrain", action="store_true", help="train again when degraded")
+    parser.add_argument("--fail-on-degraded", action="store_true", help="exit 3 when degraded")
+    args = parser.parse_args(argv)
+    training = list(args.overrides)
+    args.overrides = [*training, "task=monitor", f"monitor.model={args.model}"]
+    for key, value in (
+        ("max_drop", args.max_drop),
+        ("max_stats_drift", args.max_stats_drift),
+        ("webhook", args.webhook),
+    ):
+        if value is not None:
+            args.overrides.append(f"monitor.{key}={value}")
+    code, run_id = launch(parser, args, write=write)
+    if code != EXIT_OK or run_id is None:
+        return code
+    from simulations.config import compose_experiment
+
+    experiment = str(compose_experiment(args.overrides).cfg.monitor.experiment)
+    try:
+        report = run_artifact(tracking_uri(args.overrides), experiment, run_id, REPORT)
+    except (LookupError, OSError) as err:
+        write(f"The monitor run completed but its report could not be read: {err}")
+        return EXIT_FAILED
+    write_json(args.json, report)
+    verdict = "DEGRADED" if report["degraded"] else "healthy"
+    write(
+        f"{report['model']} v{report['version']}: {verdict}, federated accuracy "
+        f"{report['accuracy']:.4f} on {report['clients']} clients (registered "
+        f"{report['reference_accuracy']:.4f}, {report['reference']})"
+    )
+    for reason in report["reasons"]:
+        write(f"  - {reason}")
+    if not report["degraded"]:
+        return EXIT_OK
+    if args.retrain:
+        write("Re-training suggested: starting the training run with the same overrides.")
+        args.overrides = training
+        return launch(parser, args, write=write)[0]
+    return EXIT_DEGRADED if args.fail_on_degraded else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

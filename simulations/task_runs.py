@@ -1,0 +1,44 @@
+"""Find the MLflow run a finished ``flwr run`` recorded, and read one of its JSON artifacts."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fl_ext.tracking import resolve_tracking_uri
+from simulations.config import compose_experiment
+
+
+def tracking_uri(overrides: list[str]) -> str:
+    """The tracking URI the run used (``tracking.uri``, else ``MLFLOW_TRACKING_URI``/home)."""
+    cfg = compose_experiment(overrides).cfg
+    return resolve_tracking_uri(cfg.tracking.get("uri"))
+
+
+def run_artifact(uri: str, experiment: str, flwr_run_id: int, artifact: str) -> dict[str, Any]:
+    """The JSON ``artifact`` of the MLflow run tagged with ``flwr_run_id`` in ``experiment``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment '{experiment}' at {uri}")
+    found = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`flwr.run_id` = '{flwr_run_id}'"
+    )
+    if not found:
+        raise LookupError(f"no MLflow run of flwr run {flwr_run_id} in '{experiment}' at {uri}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(found[0].info.run_id, artifact, tmp)
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+    return data
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` (parents made); nothing when ``path`` is None."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
