@@ -99,7 +99,8 @@ def _runs(client: MlflowClient, experiment_id: str) -> Iterator[Run]:
 def summarize(experiments: str | Sequence[str], uri: str | None = None) -> list[RunSummary]:
     """All runs of the experiments (in the order given, each oldest first), labelled uniquely.
 
-    Runs tagged ``fl_ext.kind=compare`` (earlier comparisons) are skipped. SystemExit names an
+    Runs tagged ``fl_ext.kind`` other than ``train`` (earlier comparisons, ``task=statistics``
+    and ``task=monitor`` runs) are skipped. SystemExit names an
     experiment that does not exist, or one with no run to compare, and the tracking URI.
     """
     names = [experiments] if isinstance(experiments, str) else list(experiments)
@@ -116,8 +117,10 @@ def summarize(experiments: str | Sequence[str], uri: str | None = None) -> list[
     for name, exp in found.items():
         if exp is None:  # reported above
             continue
-        runs = [
-            r for r in _runs(client, exp.experiment_id) if r.data.tags.get(KIND_TAG) != COMPARE_KIND
+        runs = [  # training runs only: not comparisons, statistics or monitor runs
+            r
+            for r in _runs(client, exp.experiment_id)
+            if r.data.tags.get(KIND_TAG, "train") == "train"
         ]
         if not runs:
             raise NoRunsToCompare(

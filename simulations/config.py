@@ -32,6 +32,8 @@ GROUPS = (
     "selection",
     "network",
     "server_opt",
+    "secagg",
+    "driver",
     "preprocessing",
     "dataset",
     "partition",
@@ -39,7 +41,9 @@ GROUPS = (
     "tracking",
 )
 # groups whose `none` option is `_target_: null` (the component is off)
-OPTIONAL_GROUPS = ("attack", "privacy", "codec", "network", "server_opt", "preprocessing")
+OPTIONAL_GROUPS = (
+    "attack", "privacy", "codec", "network", "server_opt", "secagg", "driver", "preprocessing",
+)  # fmt: skip
 TASKS = ("train", "statistics", "monitor")
 
 

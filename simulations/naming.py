@@ -24,7 +24,9 @@ from simulations.config import CONF_DIR, GROUPS, Experiment, outside_hydra
 MAX_LENGTH = 150  # characters in a run name
 MAX_VALUE = 24  # characters of one value in it
 # groups named as `group=option` after the core name when not the default
-_EXTRA_GROUPS = ("privacy", "codec", "selection", "network")
+_EXTRA_GROUPS = (
+    "privacy", "codec", "selection", "network", "server_opt", "secagg", "driver", "preprocessing",
+)  # fmt: skip
 # keys that do not change what a run computes, or are paths
 _NOT_NAMED = ("tracking", "checkpoint", "resume", "rollback_from", "aggregation_device",
               "node_wait_timeout", "seed")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ def tracking_uri(overrides: list[str]) -> str:
 
 def run_artifact(uri: str, experiment: str, flwr_run_id: int, artifact: str) -> dict[str, Any]:
     """The JSON ``artifact`` of the MLflow run tagged with ``flwr_run_id`` in ``experiment``."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per fact
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

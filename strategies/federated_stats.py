@@ -71,6 +71,9 @@ class StatsResult:
             "declined": {str(k): v for k, v in self.declined.items()},
             "rejected": {str(k): v for k, v in self.rejected.items()},
             "data_versions": {str(k): list(v) for k, v in self.data_versions.items()},
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "seconds": self.seconds,
         }
 
 
@@ -178,10 +181,12 @@ class FederatedStatistics:
         norm = result.normalization()
         log(
             INFO,
-            "Federated statistics from %d clients (%d examples%s): mean %s, std %s",
+            "Federated statistics from %d clients (%d examples%s): mean %s, std %s (%.2f s, "
+            "%d B up)",
             result.clients, examples,
             f", noise multiplier {self.noise_multiplier:g}" if self.noise_multiplier else "",
-            [round(m, 4) for m in norm.mean], [round(s, 4) for s in norm.std],
+            [round(m, 4) for m in norm.mean], [round(s, 4) for s in norm.std], result.seconds,
+            result.bytes_up,
         )  # fmt: skip
         return result
 

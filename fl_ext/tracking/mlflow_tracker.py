@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -148,6 +149,7 @@ class MlflowTracker(Tracker):
     def read_text(self, artifact_file: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.client.download_artifacts(self._require_run(), artifact_file, tmp)

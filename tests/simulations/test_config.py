@@ -19,6 +19,8 @@ def test_default_experiment():
         "selection": "uniform",
         "network": "none",
         "server_opt": "none",
+        "secagg": "none",
+        "driver": "sync",
         "preprocessing": "none",
         "dataset": "mnist5k",
         "partition": "iid",
