@@ -15,9 +15,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from simulations.run import EXIT_FAILED, EXIT_OK, launch, run_parser
+from simulations.run import EXIT_OK, run_parser
 from simulations.stats_phase import ARTIFACT
-from simulations.task_runs import run_artifact, tracking_uri, write_json
+from simulations.task_runs import launch_task, refuse_keys, write_json
 
 
 def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print) -> int:
@@ -25,20 +25,15 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
     parser = run_parser("python -m simulations.federated_stats", __doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
+    refuse_keys(parser, args.overrides, "task")
     if not any(o.startswith("preprocessing=") for o in args.overrides):
         args.overrides.insert(0, "preprocessing=federated_stats")
     args.overrides.append("task=statistics")
-    code, run_id = launch(parser, args, write=write)
-    if code != EXIT_OK or run_id is None:
+    code, result = launch_task(
+        parser, args, experiment_key="tracking.experiment", artifact=ARTIFACT, write=write
+    )
+    if result is None:
         return code
-    from simulations.config import compose_experiment
-
-    experiment = str(compose_experiment(args.overrides).cfg.tracking.experiment)
-    try:
-        result = run_artifact(tracking_uri(args.overrides), experiment, run_id, ARTIFACT)
-    except (LookupError, OSError) as err:
-        write(f"The run completed but its statistics could not be read: {err}")
-        return EXIT_FAILED
     write(
         f"Federated statistics of {result['clients']} clients, {result['examples']} examples "
         f"(declined {len(result['declined'])}, rejected {len(result['rejected'])}):"

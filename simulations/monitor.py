@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from simulations.monitoring import REPORT
-from simulations.run import EXIT_FAILED, EXIT_OK, launch, run_parser
-from simulations.task_runs import run_artifact, tracking_uri, write_json
+from simulations.run import EXIT_OK, launch, run_parser
+from simulations.task_runs import launch_task, refuse_keys, write_json
 
 EXIT_DEGRADED = 3
 
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
     parser.add_argument("--retrain", action="store_true", help="train again when degraded")
     parser.add_argument("--fail-on-degraded", action="store_true", help="exit 3 when degraded")
     args = parser.parse_args(argv)
+    refuse_keys(
+        parser, args.overrides, "task", "monitor.model", "monitor.max_drop",
+        "monitor.max_stats_drift", "monitor.webhook",
+    )  # fmt: skip
     training = list(args.overrides)
     args.overrides = [*training, "task=monitor", f"monitor.model={args.model}"]
     for key, value in (
@@ -46,17 +50,11 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
     ):
         if value is not None:
             args.overrides.append(f"monitor.{key}={value}")
-    code, run_id = launch(parser, args, write=write)
-    if code != EXIT_OK or run_id is None:
+    code, report = launch_task(
+        parser, args, experiment_key="monitor.experiment", artifact=REPORT, write=write
+    )
+    if report is None:
         return code
-    from simulations.config import compose_experiment
-
-    experiment = str(compose_experiment(args.overrides).cfg.monitor.experiment)
-    try:
-        report = run_artifact(tracking_uri(args.overrides), experiment, run_id, REPORT)
-    except (LookupError, OSError) as err:
-        write(f"The monitor run completed but its report could not be read: {err}")
-        return EXIT_FAILED
     write_json(args.json, report)
     verdict = "DEGRADED" if report["degraded"] else "healthy"
     write(

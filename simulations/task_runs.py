@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from fl_ext.tracking import resolve_tracking_uri
 from simulations.config import compose_experiment
@@ -36,6 +40,40 @@ def run_artifact(uri: str, experiment: str, flwr_run_id: int, artifact: str) -> 
         path = client.download_artifacts(found[0].info.run_id, artifact, tmp)
         data: dict[str, Any] = json.loads(Path(path).read_text())
     return data
+
+
+def refuse_keys(parser: argparse.ArgumentParser, overrides: list[str], *keys: str) -> None:
+    """Exit 2 naming an override of ``keys``: the command sets them (a later one would win)."""
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in keys:
+            parser.error(f"{override!r}: {key} is set by this command (see --help)")
+
+
+def launch_task(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    experiment_key: str,
+    artifact: str,
+    write: Callable[[str], None],
+) -> tuple[int, dict[str, Any] | None]:
+    """Run ``args`` (a ``task=...`` run); ``(exit code, its JSON artifact when it completed)``.
+
+    ``experiment_key``: where the run was recorded (``tracking.experiment`` for statistics,
+    ``monitor.experiment`` for the monitor).
+    """
+    from simulations.run import EXIT_FAILED, EXIT_OK, launch
+
+    code, run_id = launch(parser, args, write=write)
+    if code != EXIT_OK or run_id is None:
+        return code, None
+    experiment = str(OmegaConf.select(compose_experiment(args.overrides).cfg, experiment_key))
+    try:
+        return code, run_artifact(tracking_uri(args.overrides), experiment, run_id, artifact)
+    except (LookupError, OSError) as err:
+        write(f"The run completed but its {artifact} could not be read: {err}")
+        return EXIT_FAILED, None
 
 
 def write_json(path: Path | None, data: dict[str, Any]) -> None:

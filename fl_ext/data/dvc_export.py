@@ -124,10 +124,7 @@ def drop_class(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.n
 
 def subsample(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.ndarray]:
     """Keep a fraction ``arg`` of every class (deterministic, original order kept)."""
-    try:
-        fraction = float(arg)
-    except ValueError:
-        fraction = float("nan")
+    fraction = _float_arg(arg)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"subsample={arg}: the fraction must be in (0, 1)")
     rng = np.random.default_rng(0)
@@ -141,10 +138,7 @@ def subsample(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.nd
 
 def brightness(x: np.ndarray, y: np.ndarray, arg: str) -> tuple[np.ndarray, np.ndarray]:
     """Add ``arg`` times the full scale to every pixel, clipped (a feature shift: a new sensor)."""
-    try:
-        shift = float(arg)
-    except ValueError:
-        shift = float("nan")
+    shift = _float_arg(arg)
     if not -1.0 < shift < 1.0:
         raise ValueError(f"brightness={arg}: the shift must be in (-1, 1) of the full scale")
     top = 255.0 if x.dtype == np.uint8 else 1.0
@@ -280,6 +274,14 @@ def _only_tracked_npz(repo: Path) -> str:
     if len(found) != 1:
         raise ValueError(f"{repo} tracks {found or 'no'} data/*.npz files: name one with path=")
     return found[0]
+
+
+def _float_arg(arg: str) -> float:
+    """``arg`` as a float; NaN (which every range check refuses) if it is not a number."""
+    try:
+        return float(arg)
+    except ValueError:
+        return float("nan")
 
 
 def _int_arg(name: str, arg: str) -> int:

@@ -15,11 +15,11 @@ from simulations.config import compose_experiment
 from simulations.inprocess import InProcessGrid
 from simulations.run_loop import run
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ["dataset=digits", "model=mlp"]
 
 
+@pytest.mark.slow
 def test_monitor_command_reports_tags_and_exits_3_when_told_to_fail_on_degradation(tmp_path):
     train = [*DATA, "num_rounds=2", "preprocessing=federated_stats", "fraction_evaluate=1.0"]
     run(InProcessGrid(client_app, 3), build(compose_experiment(train)))  # registers @best
@@ -41,3 +41,30 @@ def test_monitor_command_reports_tags_and_exits_3_when_told_to_fail_on_degradati
     verdict = json.loads(report.read_text())
     assert verdict["degraded"] and verdict["clients"] == 3 and verdict["version"] == "1"
     assert any("drifted" in r for r in verdict["reasons"])
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "key"),
+    [
+        ("simulations.federated_stats", ["task=monitor"], "task"),
+        ("simulations.monitor", ["--model", "m@best", "monitor.max_drop=0.1"], "monitor.max_drop"),
+        ("simulations.monitor", ["--model", "m@best", "+task=train"], "task"),
+    ],
+)
+def test_keys_the_command_sets_are_refused_not_silently_overridden(module, args, key, capsys):
+    main = __import__(module, fromlist=["main"]).main
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert f"{key} is set by this command" in capsys.readouterr().err
+
+
+def test_a_bad_override_is_a_config_error_before_anything_starts():
+    from simulations.federated_stats import main as stats_main
+    from simulations.monitor import main as monitor_main
+
+    lines = []
+    assert stats_main(["lr=-1"], write=lines.append) == 2
+    assert monitor_main(["--model", "m@best", "num_round=1"], write=lines.append) == 2
+    assert lines[0] == "Configuration error: lr=-1 is invalid: must be > 0"
+    assert "did you mean 'num_rounds'" in lines[1]
