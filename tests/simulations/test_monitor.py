@@ -148,3 +148,17 @@ def test_an_unknown_registered_model_is_a_clear_error():
     )
     with pytest.raises(ConfigError, match="nope@best"):
         run_task(InProcessGrid(client_app, 2), built)
+
+
+def test_a_registered_model_that_does_not_fit_the_config_is_a_clear_error():
+    from simulations.run_loop import run
+
+    base = ["dataset=digits", "model=mlp", "num_rounds=1", "fraction_evaluate=0.0"]
+    run(InProcessGrid(client_app, 2), build(compose_experiment(base)))
+    built = build(
+        compose_experiment(
+            [*base, "model.hidden=[16]", "task=monitor", "monitor.model=fl-ext-digits-mlp@final"]
+        )
+    )
+    with pytest.raises(ConfigError, match="does not fit the configured model"):
+        run_task(InProcessGrid(client_app, 2), built)
