@@ -1,7 +1,7 @@
 """fl-ext pipeline: an Airflow 3 DAG over the project's own commands.
 
     federated_stats -> sweep_points -> train (one task per sweep point) -> evaluate
-        -> pick_best -> monitor
+        -> pick_best -> serve, monitor
 
 Each task runs one fl-ext command with the project's Python (``<project_root>/.venv/bin/python``)
 in a subprocess and fails, with the command's last output lines in its error, when the command
@@ -19,6 +19,9 @@ library and Airflow, which lives in its own ``.venv-airflow``: ``scripts/setup_a
 - ``evaluate``: ``python -m simulations.compare``: the sweep's table and accuracy plot.
 - ``pick_best``: reads MLflow: every point's run finished, and the version ``@best`` points
   at (it may predate this sweep: ``@best`` is the best ever on that held-out split).
+- ``serve``: ``python -m simulations.serve_check --model <name>@best``: that version served by
+  ``mlflow models serve`` on 127.0.0.1 answers held-out images as the registry's copy does
+  (``serve.json``), then the server is stopped.
 - ``monitor``: ``python -m simulations.monitor --model <name>@best``: federated evaluation of
   that version on the clients; a degraded verdict is reported (``monitor.json``), not a failure.
 
@@ -253,7 +256,7 @@ def _split_values(values: str) -> list[str]:
         "mlflow_tracking_uri": Param("", type="string", description="empty: inherited"),
     },
 )
-def fl_ext_pipeline() -> None:
+def fl_ext_pipeline() -> None:  # noqa: PLR0915  (TaskFlow: the DAG defines its tasks)
     """Federated statistics, a training sweep, its evaluation, the best model, its monitoring."""
 
     @task
@@ -322,6 +325,22 @@ def fl_ext_pipeline() -> None:
         return best
 
     @task
+    def serve(best: dict[str, Any]) -> dict[str, Any]:
+        params = _params()
+        out = _workdir(params) / "serve.json"
+        run_command(
+            [
+                "-m", "simulations.serve_check",
+                "--model", f"{best['name']}@{best['alias']}",
+                "--json", str(out),
+                *data_overrides(_overrides(params)),
+            ],
+            params,
+        )  # fmt: skip
+        report: dict[str, Any] = _read_json(out)
+        return report
+
+    @task
     def monitor(best: dict[str, Any]) -> dict[str, Any]:
         params = _params()
         out = _workdir(params) / "monitor.json"
@@ -355,7 +374,9 @@ def fl_ext_pipeline() -> None:
     points = sweep_points()
     stats >> points
     trained = train.expand(point=points)
-    monitor(pick_best(trained, evaluate(trained)))
+    best = pick_best(trained, evaluate(trained))
+    serve(best)
+    monitor(best)
 
 
 pipeline = fl_ext_pipeline()

@@ -70,7 +70,7 @@ def test_pipeline_runs_every_task_and_registers_best(tmp_path: Path) -> None:
     assert proc.returncode == 0, tail
     assert result["dag_run"] == "success", result
     assert set(result["tasks"]) == {
-        "federated_stats", "sweep_points", "train", "evaluate", "pick_best", "monitor",
+        "federated_stats", "sweep_points", "train", "evaluate", "pick_best", "serve", "monitor",
     }  # fmt: skip
     assert result["tasks"]["train"] == ["success"], result
     assert all(s == ["success"] for t, s in result["tasks"].items() if t != "train"), result
@@ -95,6 +95,8 @@ def test_pipeline_runs_every_task_and_registers_best(tmp_path: Path) -> None:
     assert (workdir / "accuracy.png").stat().st_size > 0
     stats = json.loads((workdir / "stats.json").read_text())
     assert stats["clients"] == 2 and 0.0 < stats["mean"][0] < 1.0 and stats["std"][0] > 0.0
+    served = json.loads((workdir / "serve.json").read_text())
+    assert served["agree"] is True and served["version"] == str(best.version)
     verdict = json.loads((workdir / "monitor.json").read_text())
     assert verdict["degraded"] is False and verdict["version"] == str(best.version)
     assert verdict["clients"] == 2
@@ -112,7 +114,7 @@ def test_invalid_training_overrides_fail_the_train_task_and_nothing_after(
     assert proc.returncode == 1, output[-4000:]
     assert result["dag_run"] == "failed"
     assert result["tasks"]["train"] == ["failed"]
-    for later in ("evaluate", "pick_best", "monitor"):
+    for later in ("evaluate", "pick_best", "serve", "monitor"):
         assert result["tasks"][later] == ["upstream_failed"], result
     assert "Configuration error: unknown key 'num_round'; did you mean 'num_rounds'?" in output
     assert "simulations.run --num-supernodes 2 dataset=digits model=mlp num_round=2" in output
@@ -150,7 +152,8 @@ except ValueError as err:
         "sweep_points": ["train"],
         "train": ["evaluate", "pick_best"],
         "evaluate": ["pick_best"],
-        "pick_best": ["monitor"],
+        "pick_best": ["monitor", "serve"],
+        "serve": [],
         "monitor": [],
     }
     assert out["sweep"] == [
