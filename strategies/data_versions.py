@@ -73,3 +73,5 @@ class DataVersions(Stage):
     def load_state_dict(self, state: dict[str, Any], *, first_round: int = 1) -> None:
         self.versions = {int(n): (str(v[0]), int(v[1])) for n, v in state["versions"].items()}
         self.changed = int(state.get("changed", 0))
+        # logged again: a rollback is a new MLflow run (a resumed one: MLflow keeps one copy)
+        self._new = dict(self.versions)
