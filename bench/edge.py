@@ -115,7 +115,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     test = split.test
     x1 = test.x[:1]
     calibration = calibration_rows(split.train.x)
-    dynamic = torch.ao.quantization.quantize_dynamic(
+    dynamic = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
         copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
     )
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as tmp:

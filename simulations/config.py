@@ -201,6 +201,7 @@ def check_config(cfg: DictConfig) -> None:
     _require(c, "seed", _is_int(c.seed) and c.seed >= 0, "an integer >= 0")
     _check_restart_keys(c)
     _check_task_keys(c)
+    _require(c, "edge_export", c.get("edge_export") in (None, "int8"), "null or int8")
     _require(c, "evaluate_with_train", isinstance(c.evaluate_with_train, bool), "true or false")
     _require(
         c,

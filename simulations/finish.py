@@ -15,6 +15,7 @@ from flwr.serverapp.strategy import Result
 import fl_ext
 from fl_ext.data.datasets import content_hash
 from fl_ext.params import set_weights
+from fl_ext.tracking import MlflowTracker
 from fl_ext.tracking.plots import accuracy_plot_png
 from simulations import naming
 from simulations.build import Built
@@ -137,6 +138,18 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         log.info("Final test accuracy %.4f; model not registered (registry off)", final_acc)
         return
     tracker.set_tags({**run_tags, "registered_version": str(version), "registry.best": why})
+    if cfg.get("edge_export") == "int8" and isinstance(tracker, MlflowTracker):
+        from simulations.edge_export import register_edge_variant  # onnx only when asked
+
+        edge = register_edge_variant(
+            tracker,
+            model=built.served_model(),
+            split=built.split,
+            registered_name=registered,
+            source_version=str(version),
+            tags=final_tags,
+        )
+        tracker.set_tags({"edge_version": str(edge)})
     if takes_best and not best_is_final:
         set_weights(built.model, saver.best_arrays)
         best_version = _register(

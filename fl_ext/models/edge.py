@@ -3,13 +3,14 @@
 An edge device runs the model without torch: the float32 graph is exported with torch's
 ``torch.export``-based ONNX exporter (the default one since torch 2.9; the TorchScript one is
 deprecated and slated for removal) and quantized by onnxruntime's static quantizer,
-calibrated on a few hundred training images, weights int8 per output channel, activations
-uint8 (U8S8, the combination onnxruntime's x86 and Arm kernels are fastest for).
+calibrated on a few hundred training images: weights int8 per output channel, activations
+uint8 (U8S8, onnxruntime's recommended combination on x86-64 and Arm64).
 
-The default format is QDQ (QuantizeLinear/DequantizeLinear pairs around float operators):
-onnxruntime fuses them into integer kernels on CPU, and other runtimes (XNNPACK, NNAPI,
-TensorRT, QNN) read the same file, which QOperator's ``QLinearConv``/``QGemm`` graph does not
-guarantee. ``python -m bench.edge`` measures both.
+The default format is QDQ (QuantizeLinear/DequantizeLinear pairs around float operators, all
+standard ONNX): onnxruntime fuses them into the same integer kernels QOperator names directly,
+so both ran equally fast here (``python -m bench.edge``), but QOperator writes Linear layers as
+``com.microsoft.QGemm``, which only onnxruntime runs, while XNNPACK, NNAPI, TensorRT or QNN
+read a QDQ file. QOperator's file is 3-8% smaller (its biases carry no scale of their own).
 """
 
 from __future__ import annotations
@@ -217,17 +218,21 @@ def _forward(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Errors only from these loggers for a while (the exporter's optional-op warnings)."""
+def _quiet(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Only ``level`` and above from these loggers for a while.
+
+    Their INFO is pass-by-pass chatter, and the exporter warns about every optional
+    torchvision op it cannot find.
+    """
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(level)
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        for lg, old in zip(loggers, levels, strict=True):
+            lg.setLevel(old)
 
 
 def _export_float(model: nn.Module, example: np.ndarray, path: Path) -> None:
@@ -244,7 +249,7 @@ def _export_float(model: nn.Module, example: np.ndarray, path: Path) -> None:
     if x.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace with two rows
         x = x.repeat(2, *([1] * (x.ndim - 1)))
     with (
-        _quiet("torch.onnx", "torch.export", "torch._export", "onnxscript"),
+        _quiet("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"),
         warnings.catch_warnings(),
     ):
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
@@ -276,7 +281,11 @@ def _quant_formats() -> dict[str, Any]:
 
 
 def _quantize(float_path: Path, int8_path: Path, calibration: np.ndarray, fmt: Any) -> None:
-    """Static int8: shape inference and graph clean-up first (onnxruntime's advice), then QDQ."""
+    """Static int8 of the float32 file, calibrated on ``calibration``'s min/max.
+
+    Shape inference and graph clean-up first (onnxruntime's advice), then per-channel int8
+    weights and uint8 activations.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -294,16 +303,17 @@ def _quantize(float_path: Path, int8_path: Path, calibration: np.ndarray, fmt: A
 
     prepared = int8_path.with_name(f".{int8_path.stem}.prepared.onnx")
     try:
-        quant_pre_process(str(float_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(int8_path),
-            Batches(),
-            quant_format=fmt,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        with _quiet("onnxruntime", "onnx_ir", level=logging.WARNING):
+            quant_pre_process(str(float_path), str(prepared))
+            quantize_static(
+                str(prepared),
+                str(int8_path),
+                Batches(),
+                quant_format=fmt,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         if prepared.exists():
             os.remove(prepared)
