@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from simulations.monitoring import REPORT
 from simulations.run import EXIT_OK, launch, run_parser
@@ -56,21 +57,29 @@ def main(argv: list[str] | None = None, *, write: Callable[[str], None] = print)
     if report is None:
         return code
     write_json(args.json, report)
+    for line in summary_lines(report):
+        write(line)
+    if report["degraded"] and args.retrain:
+        write("Re-training suggested: starting the training run with the same overrides.")
+        args.overrides = training
+        return launch(parser, args, write=write)[0]
+    return verdict_exit(report, fail_on_degraded=args.fail_on_degraded)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What the command prints about a monitor report: the verdict, then each reason."""
     verdict = "DEGRADED" if report["degraded"] else "healthy"
-    write(
+    head = (
         f"{report['model']} v{report['version']}: {verdict}, federated accuracy "
         f"{report['accuracy']:.4f} on {report['clients']} clients (registered "
         f"{report['reference_accuracy']:.4f}, {report['reference']})"
     )
-    for reason in report["reasons"]:
-        write(f"  - {reason}")
-    if not report["degraded"]:
-        return EXIT_OK
-    if args.retrain:
-        write("Re-training suggested: starting the training run with the same overrides.")
-        args.overrides = training
-        return launch(parser, args, write=write)[0]
-    return EXIT_DEGRADED if args.fail_on_degraded else EXIT_OK
+    return [head, *(f"  - {reason}" for reason in report["reasons"])]
+
+
+def verdict_exit(report: dict[str, Any], *, fail_on_degraded: bool) -> int:
+    """0 healthy; a degraded model 3 with ``--fail-on-degraded`` (a CI gate), else 0."""
+    return EXIT_DEGRADED if report["degraded"] and fail_on_degraded else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -102,7 +102,10 @@ def load_registered(uri: str, ref: str) -> Registered:
         ) from err
     norm = None
     net = model
-    if hasattr(model, "net") and hasattr(model, "mean"):  # fl_ext.models.normalized.Normalized
+    # trained with preprocessing=federated_stats (fl_ext.models.normalized.Normalized): MLflow 3
+    # saves it through torch.export, so it loads as a GraphModule that keeps the submodule `net`
+    # and the buffers `mean`/`std` by name, not as the class
+    if all(hasattr(model, key) for key in ("net", "mean", "std")):
         norm = Normalization.of(model.mean.flatten().tolist(), model.std.flatten().tolist())
         net = model.net
     weights = {k: v.copy() for k, v in get_weights(net).items()}
