@@ -15,6 +15,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
+from clients.mods.common import message_config
 from fl_ext.data.federated import ClientData
 from fl_ext.refusals import DECLINED
 from fl_ext.stats import Moments
@@ -30,8 +31,7 @@ DataFn = Callable[[Context, dict[str, Any]], ClientData]
 
 def stats_reply(msg: Message, context: Context, data_fn: DataFn) -> Message:
     """Moments of this client's training examples, or a DECLINED error below the minimum."""
-    records = msg.content.config_records
-    config = dict(records["config"]) if "config" in records else {}
+    config = message_config(msg)
     data = data_fn(context, config)
     minimum = config.get(MIN_COUNT_KEY, 1)
     if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
