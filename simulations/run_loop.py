@@ -50,12 +50,7 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
     restored = saver.restore(
         model_schema=schema_hash(get_weights(built.model)), model_name=exp.choices["model"]
     )
-    tags = {
-        "fl_ext.version": fl_ext.__version__,
-        "flwr.run_id": str(flwr_run_id),
-        "dataset.hash": built.split.content_hash,
-        **{f"choice.{k}": v for k, v in exp.choices.items()},
-    }
+    tags = run_tags(built, flwr_run_id)
     last_logged = -1
     if restored is not None and restored.mode == "resume":
         run_id = restored.mlflow_run_id
@@ -74,13 +69,28 @@ def run(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Result:
     try:
         result = _run_tracked(grid, built, saver, restored, last_logged)
     except BaseException as err:
-        try:
-            tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-        finally:
-            tracker.end("KILLED" if built.stopped else "FAILED")
+        end_failed(tracker, err, status="KILLED" if built.stopped else "FAILED")
         raise
     tracker.end("KILLED" if built.stopped else "FINISHED")  # KILLED: "killed by user"
     return result
+
+
+def run_tags(built: Built, flwr_run_id: int | None) -> dict[str, str]:
+    """The tags every fl-ext MLflow run starts with (version, flwr run, data, choices)."""
+    return {
+        "fl_ext.version": fl_ext.__version__,
+        "flwr.run_id": str(flwr_run_id),
+        "dataset.hash": built.split.content_hash,
+        **{f"choice.{k}": v for k, v in built.experiment.choices.items()},
+    }
+
+
+def end_failed(tracker: Tracker, err: BaseException, *, status: str = "FAILED") -> None:
+    """End the tracked run with ``status`` and the error as its ``error`` tag (kept short)."""
+    try:
+        tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
+    finally:
+        tracker.end(status)
 
 
 def _run_tracked(

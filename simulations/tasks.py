@@ -12,7 +12,6 @@ import logging
 
 from flwr.serverapp import Grid
 
-import fl_ext
 from fl_ext.tracking import MlflowTracker
 from fl_ext.tracking.flatten import flatten
 from simulations import naming
@@ -20,7 +19,7 @@ from simulations.build import Built
 from simulations.config import ConfigError
 from simulations.data_records import log_client_data, log_server_dataset
 from simulations.monitoring import monitor
-from simulations.run_loop import run
+from simulations.run_loop import end_failed, run, run_tags
 from simulations.stats_phase import apply_statistics
 from strategies.nodes import wait_for_nodes
 
@@ -47,12 +46,7 @@ def run_task(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Non
         if task == "monitor"
         else f"statistics {naming.run_name(built.experiment)}"
     )
-    tags = {
-        "fl_ext.version": fl_ext.__version__,
-        "fl_ext.kind": task,
-        "flwr.run_id": str(flwr_run_id),
-        **{f"choice.{k}": v for k, v in built.experiment.choices.items()},
-    }
+    tags = {**run_tags(built, flwr_run_id), "fl_ext.kind": task}
     tracker.start(run_name=name[:250], params=flatten(built.experiment.resolved()), tags=tags)
     try:
         cfg = built.experiment.cfg
@@ -65,9 +59,6 @@ def run_task(grid: Grid, built: Built, *, flwr_run_id: int | None = None) -> Non
             apply_statistics(built, grid, nodes, resumed=False)
         log_client_data(built)
     except BaseException as err:
-        try:
-            tracker.set_tags({"error": f"{type(err).__name__}: {err}"[:5000]})
-        finally:
-            tracker.end("FAILED")
+        end_failed(tracker, err)
         raise
     tracker.end("FINISHED")
