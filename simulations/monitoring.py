@@ -35,6 +35,7 @@ from fl_ext.tracking import MlflowTracker
 from flwr_records import named_array_record
 from simulations.build import Built
 from simulations.config import ConfigError
+from simulations.task_runs import registered_version
 from strategies.evaluation import weighted_means
 from strategies.exchange import exchange
 from strategies.federated_stats import FederatedStatistics, StatsResult
@@ -84,22 +85,12 @@ class Registered:
 def load_registered(uri: str, ref: str) -> Registered:
     """``NAME@ALIAS`` or ``NAME/VERSION`` from the registry at ``uri``; ConfigError if absent."""
     import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    name, sep, alias = ref.partition("@")
-    try:
-        if sep:
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = ref.rpartition("/")
-            mv = client.get_model_version(name, number)
-        model = mlflow.pytorch.load_model(client.get_model_version_download_uri(name, mv.version))
-    except MlflowException as err:
-        raise ConfigError(
-            f"monitor.model={ref}: no such registered model at {uri} ({err})"
-        ) from err
+    mv = registered_version(client, ref, setting="monitor.model")
+    name = mv.name
+    model = mlflow.pytorch.load_model(client.get_model_version_download_uri(name, mv.version))
     norm = None
     net = model
     # trained with preprocessing=federated_stats (fl_ext.models.normalized.Normalized): MLflow 3

@@ -23,48 +23,30 @@ import numpy as np
 
 from simulations.config import ConfigError, compose_experiment
 from simulations.serving import ModelServer, ServeError
-from simulations.task_runs import tracking_uri, write_json
-
-
-def model_uri(ref: str) -> str:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; ValueError for anything else."""
-    name, sep, rest = ref.partition("@") if "@" in ref else ref.rpartition("/")
-    if not (name and sep and rest):
-        raise ValueError(f"--model {ref!r}: NAME@ALIAS or NAME/VERSION of a registered model")
-    return f"models:/{ref}"
+from simulations.task_runs import registered_version, tracking_uri, write_json
 
 
 def check(ref: str, overrides: list[str], *, requests: int, start_s: float) -> dict[str, Any]:
     """Serve ``ref``, compare with pyfunc on ``requests`` held-out images; the report."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from fl_ext.data.federated import load_split
     from fl_ext.specs import spec_to_json
 
-    uri_model = model_uri(ref)
     uri = tracking_uri(overrides)
     experiment = compose_experiment(overrides)
     split = load_split(spec_to_json(experiment.resolved()["dataset"]))
     x = np.ascontiguousarray(split.test.x[:requests], dtype=np.float32)
     y = split.test.y[:requests]
     client = MlflowClient(uri)
-    name, _, alias = ref.partition("@")
-    try:
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(*ref.rsplit("/", 1))
-        )
-    except MlflowException as err:
-        raise ConfigError(f"--model {ref}: not in the registry at {uri} ({err})") from err
+    version = registered_version(client, ref, setting="--model")
     reference = mlflow.pyfunc.load_model(
         client.get_model_version_download_uri(version.name, version.version)
     )
     expected = np.asarray(reference.predict(x), dtype=np.float64)
     started = time.monotonic()
-    with ModelServer(uri_model, tracking_uri=uri, start_s=start_s) as server:
+    with ModelServer(f"models:/{ref}", tracking_uri=uri, start_s=start_s) as server:
         up_s = time.monotonic() - started
         t0 = time.monotonic()
         served = server.predict(x)

@@ -13,13 +13,34 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fl_ext.tracking import resolve_tracking_uri
-from simulations.config import compose_experiment
+from simulations.config import ConfigError, compose_experiment
 
 
 def tracking_uri(overrides: list[str]) -> str:
     """The tracking URI the run used (``tracking.uri``, else ``MLFLOW_TRACKING_URI``/home)."""
     cfg = compose_experiment(overrides).cfg
     return resolve_tracking_uri(cfg.tracking.get("uri"))
+
+
+def registered_version(client: Any, ref: str, *, setting: str) -> Any:
+    """The MLflow ModelVersion ``NAME@ALIAS`` or ``NAME/VERSION`` names in ``client``'s registry.
+
+    ConfigError, naming ``setting`` (where the reference came from), for a malformed reference
+    or one the registry does not hold.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name, sep, rest = ref.partition("@") if "@" in ref else ref.rpartition("/")
+    if not (name and sep and rest):
+        raise ConfigError(f"{setting}={ref!r}: NAME@ALIAS or NAME/VERSION of a registered model")
+    try:
+        if sep == "@":
+            return client.get_model_version_by_alias(name, rest)
+        return client.get_model_version(name, rest)
+    except MlflowException as err:
+        raise ConfigError(
+            f"{setting}={ref}: not in the registry at {client.tracking_uri} ({err})"
+        ) from err
 
 
 def run_artifact(uri: str, experiment: str, flwr_run_id: int, artifact: str) -> dict[str, Any]:
