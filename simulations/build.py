@@ -68,7 +68,7 @@ class Built:
     train_config: ConfigRecord
     evaluate_config: ConfigRecord
     history: dict[int, float] = field(default_factory=dict)
-    fed_eval: dict[int, float] = field(default_factory=dict)  # federated accuracy per round
+    last_fed_eval: float | None = None  # the latest round's federated accuracy (registry tag)
     stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
     data_versions: DataVersions = field(default_factory=DataVersions)  # clients' data, by hash
     statistics: FederatedStatistics | None = None  # preprocessing=federated_stats

@@ -60,8 +60,8 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         "client_data": client_data_tag(built),
         **normalization_tags(built),
         **(
-            {"fed_eval_accuracy": repr(built.fed_eval[max(built.fed_eval)])}
-            if built.fed_eval
+            {"fed_eval_accuracy": repr(built.last_fed_eval)}
+            if built.last_fed_eval is not None
             else {}
         ),
         "partition": exp.choices["partition"],

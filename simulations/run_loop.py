@@ -147,7 +147,7 @@ def _run_tracked(
         tracker.log_metrics(server_round, metrics)
         for key in ("fed_eval_accuracy", "fed_eval_received_accuracy"):
             if key in metrics:
-                built.fed_eval[server_round] = float(metrics[key])
+                built.last_fed_eval = float(metrics[key])
         log_client_data(built)
 
     control = RunControl.for_this_process(on_stop=lambda why: _stopped(built, why))
