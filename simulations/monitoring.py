@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from fl_ext.tracking import MlflowTracker
 from flwr_records import named_array_record
 from simulations.build import Built
 from simulations.config import ConfigError
+from simulations.serving import request
 from simulations.task_runs import registered_version
 from strategies.evaluation import weighted_means
 from strategies.exchange import exchange
@@ -243,14 +243,12 @@ def _record(
 
 def _post(url: str, payload: dict[str, Any]) -> None:
     """POST the alert; a webhook that fails is logged, never fatal (the tags are set)."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            log.info("Monitor alert sent to %s (HTTP %s)", url, response.status)
+        status, _ = request(url, json.dumps(payload).encode(), timeout=10)
     except OSError as err:
         log.warning("Monitor alert webhook %s failed: %s", url, err)
+        return
+    if status >= 400:
+        log.warning("Monitor alert webhook %s failed: HTTP %s", url, status)
+    else:
+        log.info("Monitor alert sent to %s (HTTP %s)", url, status)
