@@ -7,6 +7,7 @@ onnxruntime's static quantizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_latency_is_a_positive_median(exported, split):
     _, _, edge = exported
     predictor = OnnxPredictor(edge.int8_path)
     ms = predictor.latency_ms(split.test.x[:1], repeats=20)
-    assert 0 < ms < 1000
+    assert math.isfinite(ms) and ms > 0  # a measured figure; how fast is the machine's business
 
 
 def test_export_leaves_the_model_as_it_was(split, tmp_path):
