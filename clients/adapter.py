@@ -28,6 +28,7 @@ from fl_ext.compat import (
     DATA_SIZE_KEY,
     EVALUATE_RECEIVED,
     INCOMPATIBLE,
+    MAX_WIDTH_KEY,
     SCHEMA_KEY,
     VERSION_KEY,
     incompatibility,
@@ -92,6 +93,9 @@ def client_info(schema: str, client: NumPyClient | None = None) -> ConfigRecord:
     if isinstance(data_hash, str) and data_hash:
         info[DATA_HASH_KEY] = data_hash
         info[DATA_SIZE_KEY] = len(client.train) + len(client.test)  # type: ignore[union-attr]
+    max_width = getattr(client, "max_width", None)
+    if isinstance(max_width, float):
+        info[MAX_WIDTH_KEY] = max_width
     return ConfigRecord(info)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import nn
 from fl_ext.attacks import ROLE_KEY, flip_labels, malform
 from fl_ext.data.datasets import ArrayDataset
 from fl_ext.params import get_weights, set_weights
-from fl_ext.training import TrainConfig, evaluate, seed_for, train_local
+from fl_ext.training import Forward, TrainConfig, evaluate, seed_for, train_local
 
 
 class SgdClient(NumPyClient):
@@ -31,12 +32,16 @@ class SgdClient(NumPyClient):
         test: ArrayDataset,
         partition_id: int = 0,
         data_hash: str = "",
+        make_forward: Callable[[int], Forward] | None = None,
+        max_width: float | None = None,
     ) -> None:
         self.model = model
         self.train = train
         self.test = test
         self.partition_id = partition_id
         self.data_hash = data_hash  # reported with every reply (client-info): the data version
+        self.make_forward = make_forward  # seed -> per-batch forward (ordered dropout)
+        self.max_width = max_width  # reported with every reply: the widest sub-model it holds
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return list(get_weights(self.model).values())
@@ -51,7 +56,8 @@ class SgdClient(NumPyClient):
         if role == "label_flip":
             data = ArrayDataset(self.train.x, flip_labels(self.train.y, self.model_classes()))
         started = time.perf_counter()
-        stats = train_local(self.model, data, cfg)
+        forward = self.make_forward(cfg.seed) if self.make_forward is not None else None
+        stats = train_local(self.model, data, cfg, forward=forward)
         metrics = {"train_loss": stats.loss, "compute_time_s": time.perf_counter() - started}
         params = self.get_parameters({})
         if role is not None and role != "label_flip":

@@ -21,6 +21,7 @@ VERSION_KEY = "fl-ext-version"
 SCHEMA_KEY = "schema-hash"
 DATA_HASH_KEY = "data-hash"  # SHA-256 of the client's partition: its data version, never data
 DATA_SIZE_KEY = "data-size"  # examples in it
+MAX_WIDTH_KEY = "max-width"  # the widest sub-model the device holds (its node config)
 CLIENT_INFO = "client-info"  # the ConfigRecord every reply carries
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?([.+-].*)?$")

@@ -7,6 +7,7 @@ cheaper than building the penalty into the autograd graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,8 +50,17 @@ class TrainStats:
     steps: int
 
 
-def train_local(model: nn.Module, data: ArrayDataset, cfg: TrainConfig) -> TrainStats:
-    """Run ``cfg.epochs`` epochs of mini-batch SGD on ``data``, in place on ``model``."""
+Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def train_local(
+    model: nn.Module, data: ArrayDataset, cfg: TrainConfig, *, forward: Forward | None = None
+) -> TrainStats:
+    """Run ``cfg.epochs`` epochs of mini-batch SGD on ``data``, in place on ``model``.
+
+    ``forward(model, x)`` replaces ``model(x)`` per batch (ordered dropout trains a random
+    width of the model in each batch).
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty partition")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -66,7 +76,8 @@ def train_local(model: nn.Module, data: ArrayDataset, cfg: TrainConfig) -> Train
         for start in range(0, len(data), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(x[batch]), y[batch])
+            logits = model(x[batch]) if forward is None else forward(model, x[batch])
+            loss = criterion(logits, y[batch])
             loss.backward()
             if anchors:
                 with torch.no_grad():

@@ -43,6 +43,7 @@ from simulations.group_build import build_group
 from simulations.network_build import build_network
 from simulations.privacy_build import build_privacy, check_privacy_federation
 from simulations.secagg_build import build_secagg
+from simulations.submodel_build import build_submodels
 from strategies import FlExtFedAvg
 from strategies.buffered import BufferedAsync
 from strategies.compression import AdaptiveCompression, Compression
@@ -51,6 +52,7 @@ from strategies.dropout import SimulatedDropout
 from strategies.federated_stats import FederatedStatistics
 from strategies.privacy import ClientLevelDP, SampleLevelDP
 from strategies.stragglers import RoundPolicy, StragglerPolicy
+from strategies.submodels import SubModels
 
 log = logging.getLogger("fl_ext")
 
@@ -72,6 +74,7 @@ class Built:
     stopped: str | None = None  # why the run was stopped from outside (`flwr stop`)
     data_versions: DataVersions = field(default_factory=DataVersions)  # clients' data, by hash
     statistics: FederatedStatistics | None = None  # preprocessing=federated_stats
+    submodels: SubModels | None = None  # submodel=heterofl|fjord|fedrolex: widths evaluated
     normalization: Normalization | None = None  # its result, once the phase ran
     _normalized_test: ArrayDataset | None = None
 
@@ -134,6 +137,10 @@ def build(experiment: Experiment) -> Built:
         early_stopping = EarlyStopping(**stopping) if stopping.get("patience") is not None else None
         stragglers = build_network(conf)
         link_adaptive_codec(conf, compression, stragglers)
+        submodel = build_submodels(
+            conf, model, split.input_shape, compression=compression, stragglers=stragglers,
+            privacy=privacy,
+        )  # fmt: skip
         driver = build_driver(conf, privacy, stragglers)
         if driver is not None:
             stragglers = None  # the asynchronous driver keeps the clock itself
@@ -160,7 +167,11 @@ def build(experiment: Experiment) -> Built:
             server_opt=server_opt,
             early_stopping=early_stopping,
             secure_aggregation=secure,
-            stages=[*build_dropout(conf, secure is not None), data_versions],
+            stages=[
+                *build_dropout(conf, secure is not None),
+                data_versions,
+                *([submodel] if submodel is not None else []),
+            ],
             driver=driver,
         )
         tracker = instantiate(OmegaConf.create(conf["tracking"]))
@@ -201,6 +212,7 @@ def build(experiment: Experiment) -> Built:
         ConfigRecord(data_keys),
         data_versions=data_versions,
         statistics=statistics,
+        submodels=submodel,
     )
 
 

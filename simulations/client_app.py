@@ -11,9 +11,12 @@ from dataclasses import replace
 from typing import Any
 
 from flwr.app import Context, Message
+from torch import nn
 
 from clients import SgdClient, numpy_client_app
 from clients.stats import STATS_ACTION, stats_reply
+from clients.submodel import SubModelTask, check_device_limit, submodel_for
+from fl_ext.compat import MAX_WIDTH_KEY
 from fl_ext.data.federated import ClientData, client_data
 from fl_ext.data.normalize import NORMALIZE_KEY, Normalization
 from fl_ext.models import ClassifierNet
@@ -43,12 +46,18 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
     """Build this node's client for one message."""
     partition_id = int(context.node_config["partition-id"])
     data = node_data(context, config)
-    model = build_from_spec(
+    model: nn.Module = build_from_spec(
         spec_from_json(str(config["model-spec"])),
         ClassifierNet,
         input_shape=data.input_shape,
         num_classes=data.num_classes,
     )
+    max_width = node_max_width(context)
+    task = SubModelTask.from_config(config)
+    make_forward = None
+    if task is not None:
+        check_device_limit(task, max_width)
+        model, make_forward = submodel_for(model, data.input_shape, task)
     if config.get("dp-mode") == "dp_sgd":
         from clients.dp_sgd_client import DpSgdClient  # Opacus only where DP-SGD runs
 
@@ -66,7 +75,20 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
         test=data.test,
         partition_id=partition_id,
         data_hash=data.partition_hash,
+        make_forward=make_forward,
+        max_width=max_width,
     )
+
+
+def node_max_width(context: Context) -> float | None:
+    """The widest sub-model this device holds (node config ``max-width``), None if not set."""
+    value = context.node_config.get(MAX_WIDTH_KEY)
+    if value is None:
+        return None
+    width = float(value)
+    if not 0 < width <= 1:
+        raise ValueError(f"node config {MAX_WIDTH_KEY} must be in (0, 1], got {value!r}")
+    return width
 
 
 app = numpy_client_app(client_fn)

@@ -20,6 +20,7 @@ import torch
 from flwr.supercore import log
 
 from fl_ext.aggregators import AggregatorState, RobustAggregation, capped_example_weights
+from fl_ext.aggregators.coverage import CoverageStats, aggregate_by_coverage
 from fl_ext.server_opt import ServerOptimizer
 from strategies.replies import TrainReply
 from strategies.round import Round
@@ -73,10 +74,12 @@ class RobustStep(Aggregation):
         self.min_replies = int(min_replies)
         self.weight_cap_factor = weight_cap_factor
         self.state = AggregatorState()  # explicit state of stateful rules
+        self.coverage: CoverageStats | None = None  # this round's, when nodes trained slices
         self.requires = frozenset(
             {"individual_updates", *(["reference_update"] if pipeline.needs_reference else [])}
         )
         self.replaceable = not pipeline.preagg and pipeline.rule.is_plain_mean
+        self.provides = frozenset({"coverage_aggregation"})  # per coordinate over its holders
 
     def min_inputs(self) -> int:
         return max(self.min_replies, self.pipeline.min_inputs())
@@ -100,7 +103,25 @@ class RobustStep(Aggregation):
         self._bind(rnd, self.state)
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = torch.from_numpy(capped_example_weights(counts, self.weight_cap_factor))
-        return self.pipeline(updates, weights, self.state)
+        held = coverage_matrix(rnd, accepted)
+        if held is None:
+            return self.pipeline(updates, weights, self.state)
+        delta, self.coverage = aggregate_by_coverage(
+            updates, weights, held, self.pipeline, min_holders=self.pipeline.min_inputs(),
+            state=self.state,
+        )  # fmt: skip
+        return delta
+
+    def metrics(self, rnd: Round) -> dict[str, float]:
+        stats, self.coverage = self.coverage, None
+        if stats is None:
+            return {}
+        return {
+            "coverage_groups": float(stats.groups),
+            "coverage_min_holders": float(stats.min_holders),
+            "coverage_mean_holders": stats.mean_holders,
+            "coordinates_kept": float(stats.coordinates_kept),
+        }
 
     def preview(self, rnd: Round, stacked: torch.Tensor) -> torch.Tensor:
         state = AggregatorState(center=self.state.center, round=self.state.round)
@@ -127,6 +148,18 @@ class RobustStep(Aggregation):
                 "round": int(state["round"]),
             }
         )
+
+
+def coverage_matrix(rnd: Round, accepted: list[TrainReply]) -> torch.Tensor | None:
+    """Bool ``[n, d]``: the coordinates each accepted node trained; None when all hold all."""
+    if not any(r.node_id in rnd.coverage for r in accepted):
+        return None
+    held = torch.ones((len(accepted), rnd.spec.size), dtype=torch.bool)
+    for i, reply in enumerate(accepted):
+        mask = rnd.coverage.get(reply.node_id)
+        if mask is not None:
+            held[i] = mask
+    return None if bool(held.all()) else held
 
 
 class ServerReference(Stage):

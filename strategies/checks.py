@@ -54,13 +54,22 @@ class ReplyChecks:
             parsed = self._parse(rnd, msg, expected=node in selected and node not in seen)
             seen.add(node)
             if isinstance(parsed, TrainReply):
-                row = self.decoder.to_update(rnd, parsed, updates[len(accepted)])
+                row = self._update(rnd, parsed, updates[len(accepted)])
                 parsed = check_update_norm(update_norm(row), self.max_update_norm) or parsed
             if isinstance(parsed, Rejection):
                 rnd.reject(node, parsed)
                 continue
             accepted.append(parsed)
         return updates[: len(accepted)], accepted
+
+    def _update(self, rnd: Round, reply: TrainReply, out: torch.Tensor) -> torch.Tensor:
+        """The reply's update in global coordinates; a view's node also gets its coverage."""
+        view = rnd.views.get(reply.node_id)
+        if view is None:
+            return self.decoder.to_update(rnd, reply, out)
+        local = self.decoder.to_update(rnd, reply, torch.empty(view.spec.size))
+        rnd.coverage[reply.node_id] = view.mask()
+        return view.to_global(local, out)
 
     def _parse(self, rnd: Round, msg: Message, *, expected: bool) -> TrainReply | Rejection:
         if not expected:

@@ -37,14 +37,18 @@ class Decoder(Stage):
         """The reply's structure checked (:func:`strategies.replies.parse_train_reply`)."""
         return parse_train_reply(
             msg,
-            rnd.spec,
+            rnd.spec_for(msg.metadata.src_node_id),
             max_examples=max_examples,
             required_metrics=required_metrics,
             codec=self.codec_for(msg.metadata.src_node_id),
         )
 
     def to_update(self, rnd: Round, reply: TrainReply, out: torch.Tensor) -> torch.Tensor:
-        """Write the reply's flat update into ``out`` (a row of the round's update matrix)."""
+        """Write the reply's flat update into ``out`` (a row of the round's update matrix).
+
+        For a node that trained a view, ``out`` has the view's size (the checks map it back).
+        """
         if UPDATE_KEY in reply.arrays:  # a decoded codec payload: already the update
             return out.copy_(torch.from_numpy(reply.arrays[UPDATE_KEY]))
-        return rnd.spec.flatten(reply.arrays, out=out).sub_(rnd.global_flat)
+        spec = rnd.spec_for(reply.node_id)
+        return spec.flatten(reply.arrays, out=out).sub_(rnd.base_for(reply.node_id))

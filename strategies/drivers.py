@@ -61,7 +61,9 @@ class SyncRounds(Stage):
     """Synchronous rounds; cumulative bytes and wall time carried across restarts."""
 
     name = "driver"
-    provides = frozenset({"individual_updates"})
+    # node_views: per-node slices of the model (sub-models); subclasses that aggregate other
+    # than round by round (buffered, secure sums) do not provide it
+    provides = frozenset({"individual_updates", "node_views"})
     label = "the synchronous driver"
 
     def __init__(self) -> None:

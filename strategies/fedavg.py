@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from fl_ext.aggregators import Aggregator, RobustAggregation
+from fl_ext.compat import SCHEMA_KEY
 from fl_ext.early_stopping import EarlyStopping
 from fl_ext.selection import ClientRegistry, Selector, UniformSelector
 from fl_ext.server_opt import ServerOptimizer
@@ -54,6 +55,7 @@ from strategies.stages import (
     log_summary,
 )
 from strategies.stragglers import RoundPolicy
+from strategies.views import VIEW_KEY
 from strategies.wire import record_wire_bytes
 
 
@@ -286,10 +288,16 @@ class FlExtFedAvg(FedAvg):
             entries = dict(base)
             for stage in self.stages:
                 entries.update(stage.node_entries(rnd, node))
+            view = first(stage.node_view(rnd, node) for stage in self.stages)
+            if view is not None:
+                rnd.views[node] = view
+                entries.update({VIEW_KEY: view.key, SCHEMA_KEY: view.schema})
             groups.setdefault(tuple(sorted(entries.items())), []).append(node)
         messages: list[Message] = []
         for key, group in groups.items():
-            record = self._record(sent, config, dict(key))
+            view = rnd.views.get(group[0])
+            arrays_sent = sent if view is None else named_array_record(view.send(rnd.global_named))
+            record = self._record(arrays_sent, config, dict(key))
             nbytes = record_wire_bytes(record)
             rnd.log.bytes_down += nbytes * len(group)
             rnd.bytes_down.update(dict.fromkeys(group, nbytes))

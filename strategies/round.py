@@ -23,6 +23,7 @@ from fl_ext.compat import schema_hash
 from fl_ext.params import ParamSpec
 from fl_ext.validation import Rejection
 from strategies.round_log import RoundLog
+from strategies.views import NodeView
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Round:
     masked: dict[int, np.ndarray] = field(default_factory=dict)  # secure aggregation's inputs
     secure_sum: torch.Tensor | None = None  # their unmasked weighted mean (None: abandoned)
     secure: dict[str, float] | None = None  # the protocol's parameters and telemetry
+    views: dict[int, NodeView] = field(default_factory=dict)  # nodes that train a slice
+    coverage: dict[int, torch.Tensor] = field(default_factory=dict)  # their held coordinates
     # the aggregation as an omniscient attacker evaluates it (its state untouched)
     preview: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -74,6 +77,21 @@ class Round:
             log=RoundLog(number),
             max_update_norm=max_update_norm,
         )
+
+    def spec_for(self, node: int) -> ParamSpec:
+        """The arrays ``node`` was sent and must return (its view's, else the global spec)."""
+        view = self.views.get(node)
+        return view.spec if view is not None else self.spec
+
+    def schema_for(self, node: int) -> str:
+        """The model schema ``node`` must report."""
+        view = self.views.get(node)
+        return view.schema if view is not None else self.schema
+
+    def base_for(self, node: int) -> torch.Tensor:
+        """The flat model ``node`` started from: its update is its reply minus this."""
+        view = self.views.get(node)
+        return view.base(self.global_flat) if view is not None else self.global_flat
 
     def reject(self, node: int, rejection: Rejection) -> None:
         """Count and log a refused reply (the reason is in the round's metrics)."""

@@ -14,6 +14,8 @@ Phase order (``strategies.fedavg.FlExtFedAvg`` calls them, stages in list order)
 3. the sampler picks the asked nodes and sets ``rnd.needed``;
 4. ``entries(rnd)`` / ``node_entries(rnd, node)``: ConfigRecord entries of the train messages
    (every message / one node's); ``broadcast(rnd, arrays)`` may transform what is sent;
+   ``node_view(rnd, node)``: the slice of the model a node trains instead of all of it
+   (:mod:`strategies.views`; its reply is checked against the view and mapped back);
 5. the driver exchanges the messages; the clock decides which replies count;
 6. ``on_replies(rnd)``: every reply that came back (``rnd.replies``) and those that reached
    the server (``rnd.arrived``): spends recorded, uploads measured;
@@ -52,6 +54,7 @@ from fl_ext.validation import Rejection
 if TYPE_CHECKING:
     from strategies.replies import TrainReply
     from strategies.round import Round
+    from strategies.views import NodeView
 
 ConfigValue = int | float | str | bool
 
@@ -81,6 +84,10 @@ class Stage:
 
     def broadcast(self, rnd: Round, arrays: ArrayRecord) -> ArrayRecord:
         return arrays
+
+    def node_view(self, rnd: Round, node: int) -> NodeView | None:
+        """The view of the global model ``node`` trains this round (None: all of it)."""
+        return None
 
     def on_replies(self, rnd: Round) -> None:
         """See every reply of the round (``rnd.replies``, ``rnd.arrived``)."""

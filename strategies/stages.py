@@ -64,7 +64,7 @@ class Compat(Stage):
             not self.require_client_info and CLIENT_INFO not in msg.content.config_records
         ):
             return None  # a plain Flower ClientApp: every other check still applies
-        rejection = check_client_info(msg, __version__, rnd.schema)
+        rejection = check_client_info(msg, __version__, rnd.schema_for(msg.metadata.src_node_id))
         if rejection is not None:
             self.mark(msg.metadata.src_node_id, rejection.detail)
         return rejection

@@ -41,6 +41,10 @@ _EXACT = {
 }
 # (flat prefix, MLflow prefix), first match wins
 _PREFIXES = (
+    ("test_accuracy_w", "accuracy/test_w"),  # every width of a sub-model run
+    ("test_loss_w", "loss/test_w"),
+    ("coverage_", "clients/coverage_"),
+    ("coordinates_", "clients/coordinates_"),
     ("eval_clients_", "clients/eval_"),
     ("clients_", "clients/"),
     ("rejected_", "clients/rejected_"),
