@@ -36,6 +36,7 @@ from fl_ext.server_opt import ServerOptimizer
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
 from fl_ext.tracking import Tracker
 from fl_ext.training import TrainConfig, seed_for, train_local
+from simulations.adapter_build import build_adapter
 from simulations.attack_build import build_attack
 from simulations.compression_build import build_compression
 from simulations.config import ConfigError, Experiment
@@ -63,7 +64,7 @@ class Built:
 
     experiment: Experiment
     split: TrainTestSplit
-    model: ClassifierNet
+    model: torch.nn.Module  # a ClassifierNet, or one with adapters (adapter=lora)
     partitioner: Partitioner
     strategy: FlExtFedAvg
     tracker: Tracker
@@ -109,12 +110,13 @@ def build(experiment: Experiment) -> Built:
         dataset_json = pinned_dataset(conf["dataset"], split, dataset_json)
         partitioner = build_from_spec(conf["partition"], Partitioner)
         torch.manual_seed(conf["seed"])
-        model = build_from_spec(
+        model: torch.nn.Module = build_from_spec(
             conf["model"],
             ClassifierNet,
             input_shape=split.input_shape,
             num_classes=split.num_classes,
         )
+        model, adapter = build_adapter(conf, model)
         strategy_cfg = OmegaConf.create(conf["strategy"])
         if strategy_cfg.get("max_examples_per_client") is None:
             strategy_cfg.max_examples_per_client = len(split.train)
@@ -141,6 +143,12 @@ def build(experiment: Experiment) -> Built:
             conf, model, split.input_shape, compression=compression, stragglers=stragglers,
             privacy=privacy,
         )  # fmt: skip
+        flexlora = adapter.aggregation() if adapter is not None else None
+        if adapter is not None and isinstance(privacy, SampleLevelDP):
+            raise ValueError(
+                "adapter=lora with privacy=dp_sgd is not supported yet (Opacus on a peft model "
+                "is untested here): use privacy=client_level or privacy=none"
+            )
         driver = build_driver(conf, privacy, stragglers)
         if driver is not None:
             stragglers = None  # the asynchronous driver keeps the clock itself
@@ -171,6 +179,7 @@ def build(experiment: Experiment) -> Built:
                 *build_dropout(conf, secure is not None),
                 data_versions,
                 *([submodel] if submodel is not None else []),
+                *([flexlora] if flexlora is not None else []),
             ],
             driver=driver,
         )
@@ -191,6 +200,7 @@ def build(experiment: Experiment) -> Built:
         "dataset-hash": split.content_hash,
         "local-test-fraction": float(conf["local_test_fraction"]),
         "seed": int(conf["seed"]),
+        **(adapter.entry() if adapter is not None else {}),
     }
     train_config = ConfigRecord(
         {
@@ -316,7 +326,7 @@ def link_adaptive_codec(
 
 
 def root_update_fn(
-    split: TrainTestSplit, model: ClassifierNet, conf: dict[str, Any]
+    split: TrainTestSplit, model: torch.nn.Module, conf: dict[str, Any]
 ) -> Callable[[int, OrderedDict[str, np.ndarray]], torch.Tensor]:
     """The server's own update on its root set (FLTrust), with the clients' local settings."""
     if split.root is None or len(split.root) == 0:

@@ -21,6 +21,7 @@ from fl_ext.data.federated import ClientData, client_data
 from fl_ext.data.normalize import NORMALIZE_KEY, Normalization
 from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
+from simulations.adapter_build import ADAPTER_KEY, client_adapted
 from simulations.console import configure_console
 
 configure_console()  # in the simulation's actor process too: one line per event
@@ -52,6 +53,8 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
         input_shape=data.input_shape,
         num_classes=data.num_classes,
     )
+    if ADAPTER_KEY in config:  # a frozen backbone with LoRA adapters: only they travel
+        model = client_adapted(model, str(config[ADAPTER_KEY]))
     max_width = node_max_width(context)
     task = SubModelTask.from_config(config)
     make_forward = None

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from torch import nn
+
 from fl_ext.data.datasets import TrainTestSplit
 from fl_ext.data.federated import client_data
-from fl_ext.models import ClassifierNet
 from fl_ext.privacy import (
     AdaptiveClipping,
     GaussianSteps,
@@ -43,11 +44,11 @@ class PrivacyContext:
 
     conf: dict[str, Any]  # the resolved experiment config (num_rounds, seed, tracking, ...)
     split: TrainTestSplit
-    model: ClassifierNet
+    model: nn.Module  # a ClassifierNet, or one with adapters
 
 
 def build_privacy(
-    conf: dict[str, Any], split: TrainTestSplit, model: ClassifierNet
+    conf: dict[str, Any], split: TrainTestSplit, model: nn.Module
 ) -> PrivacyPlan | None:
     """The plan ``privacy._target_`` builds, or None (``privacy=none``); ValueError if bad."""
     context = PrivacyContext(conf=conf, split=split, model=model)

@@ -68,22 +68,22 @@ def one(label: str, seed: int, rounds: int, extra: list[str]) -> dict[str, Any]:
     built = build(compose_experiment(overrides))
     result = run(InProcessGrid(client_app, NODES), built)
     last = max(result.evaluate_metrics_serverapp)
-    central = dict(result.evaluate_metrics_serverapp[last])
+    central = {k: float(v) for k, v in result.evaluate_metrics_serverapp[last].items()}  # type: ignore[arg-type]
     accuracy = {f"{w:g}": float(central.get(f"accuracy_w{w:g}", float("nan"))) for w in WIDTHS}
     accuracy["1"] = float(central["accuracy"])
     if label == "smallest":  # its global model is only ever trained at width 0.25
         accuracy = {"0.25": accuracy["0.25"], "0.5": float("nan"), "1": float("nan")}
     tiers: dict[str, dict[str, float]] = {}
     rounds_done = sorted(result.train_metrics_clientapp)
+    rows: list[dict[str, float]] = [
+        {k: float(v) for k, v in result.train_metrics_clientapp[r].items()}  # type: ignore[arg-type]
+        for r in rounds_done
+    ]
     for w in WIDTHS:
         key = f"{w:g}"
-        counts = [
-            result.train_metrics_clientapp[r].get(f"clients_width_{key}", 0) for r in rounds_done
-        ]
-        trained = sum(counts)
+        trained = sum(row.get(f"clients_width_{key}", 0.0) for row in rows)
         if trained == 0:
             continue
-        rows = [dict(result.train_metrics_clientapp[r]) for r in rounds_done]
         computes = [row[f"compute_w{key}_s"] for row in rows if f"compute_w{key}_s" in row]
         tiers[key] = {
             "client_rounds": float(trained),

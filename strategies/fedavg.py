@@ -160,7 +160,7 @@ class FlExtFedAvg(FedAvg):
             min_replies=min_train_nodes,
             weight_cap_factor=weight_cap_factor,
         )
-        self.aggregation = slot(Aggregation, parts, default)
+        self.aggregation = slot(Aggregation, [*parts, *stages], default)
         self.server_step = ServerStep(server_opt) if server_opt is not None else None
         extra: list[Stage] = [
             *([ServerReference(reference_update)] if reference_update else []),

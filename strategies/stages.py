@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from logging import INFO, WARNING
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.supercore import log
 
 from fl_ext import __version__
@@ -64,7 +64,10 @@ class Compat(Stage):
             not self.require_client_info and CLIENT_INFO not in msg.content.config_records
         ):
             return None  # a plain Flower ClientApp: every other check still applies
-        rejection = check_client_info(msg, __version__, rnd.schema_for(msg.metadata.src_node_id))
+        node = msg.metadata.src_node_id
+        trained_view = msg.metadata.message_type.startswith(MessageType.TRAIN)
+        schema = rnd.schema_for(node) if trained_view else rnd.schema  # evaluation: all of it
+        rejection = check_client_info(msg, __version__, schema)
         if rejection is not None:
             self.mark(msg.metadata.src_node_id, rejection.detail)
         return rejection

@@ -51,13 +51,15 @@ def test_width_one_for_everyone_is_fedavg_exactly():
 def test_heterofl_tiers_train_slices_and_every_width_is_evaluated():
     built, result = run_experiment(
         ["submodel=heterofl", "submodel.shares=[0.34,0.33,0.33]", "num_rounds=6",
-         "local_epochs=2"]
+         "local_epochs=2", "fraction_evaluate=1.0"]
     )  # fmt: skip
     metrics = result.train_metrics_clientapp[6]
     assert metrics["clients_width_0.25"] == 2 and metrics["clients_width_0.5"] == 2
     assert metrics["clients_width_1"] == 2 and last_log(built)["clients_rejected"] == 0
     assert metrics["coverage_groups"] == 3 and metrics["coverage_min_holders"] == 2
     assert metrics["coordinates_kept"] == 0
+    # weak nodes evaluate the whole global model (federated evaluation): none refused
+    assert built.strategy.round_log.eval_rejected == 0 and not built.strategy.incompatible
     central = result.evaluate_metrics_serverapp[6]
     for width in ("0.25", "0.5"):
         assert central[f"accuracy_w{width}"] > 0.3, central  # digits: 0.1 is chance

@@ -1,0 +1,113 @@
+"""Build LoRA adapters from the ``adapter`` config group: the backbone, the mode, the spec.
+
+``adapter=lora`` loads the backbone file into the model, injects the adapters
+(:mod:`fl_ext.models.lora`, peft) and returns the adapted model, whose weights are only the
+adapter tensors (:class:`fl_ext.models.adapted.AdaptedModel`): the engine, checkpoints and
+registry move only those. Clients get the same spec and the backbone's path and SHA-256 in
+every message (``adapter-spec``) and refuse a file with another hash. ``mode=flexlora`` adds
+its aggregation (:class:`strategies.lora_aggregation.LoraProductMean`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from fl_ext.models.adapted import AdaptedModel, load_backbone
+from fl_ext.models.lora import LoraSpec
+from simulations.group_build import build_group
+from strategies.lora_aggregation import LoraProductMean
+
+MODES = ("ffa", "fedavg_ab", "flexlora")
+ADAPTER_KEY = "adapter-spec"  # the train/evaluate config entry clients build the adapters from
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    """What the experiment needs from the adapter group."""
+
+    mode: str
+    spec: LoraSpec
+    backbone: str
+    sha256: str
+
+    def entry(self) -> dict[str, str]:
+        """The config entry every message carries."""
+        return {ADAPTER_KEY: json.dumps(adapter_json(self.spec, self.backbone, self.sha256))}
+
+    def aggregation(self) -> LoraProductMean | None:
+        """FlexLoRA's aggregation (the others average the travelling tensors)."""
+        return LoraProductMean(alpha=self.spec.alpha) if self.mode == "flexlora" else None
+
+
+def adapter_json(spec: LoraSpec, backbone: str, sha256: str) -> dict[str, Any]:
+    """The spec as the clients read it."""
+    return {
+        "rank": spec.rank, "alpha": spec.alpha, "train_a": spec.train_a, "seed": spec.seed,
+        "targets": list(spec.targets) if spec.targets is not None else None,
+        "backbone": backbone, "sha256": sha256,
+    }  # fmt: skip
+
+
+def lora(
+    seed: int,
+    /,
+    *,
+    mode: str = "ffa",
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: list[str] | None = None,
+    backbone: str | None = None,
+    backbone_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The group's settings, checked (the model is adapted in :func:`adapt`)."""
+    if mode not in MODES:
+        raise ValueError(f"adapter.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not backbone:
+        raise ValueError(
+            "adapter.backbone is required: the path of the backbone's state file "
+            "(python -m simulations.lora_backbone makes one)"
+        )
+    spec = LoraSpec(
+        rank=rank,
+        alpha=float(alpha),
+        targets=tuple(targets) if targets else None,
+        train_a=mode != "ffa",
+        seed=int(seed),
+    )
+    return {"mode": mode, "spec": spec, "backbone": backbone, "sha256": backbone_sha256}
+
+
+def build_adapter(conf: dict[str, Any], model: nn.Module) -> tuple[nn.Module, AdapterPlan | None]:
+    """The adapted model and its plan, or ``(model, None)`` for ``adapter=none``."""
+    settings = build_group("adapter", conf, dict, int(conf["seed"]))
+    if settings is None:
+        return model, None
+    if (conf.get("submodel") or {}).get("_target_"):
+        raise ValueError("adapter=lora and submodel cannot be combined: choose one")
+    path = str(Path(str(settings["backbone"])).expanduser().resolve())
+    digest = load_backbone(model, path, sha256=settings["sha256"])
+    plan = AdapterPlan(mode=settings["mode"], spec=settings["spec"], backbone=path, sha256=digest)
+    return AdaptedModel(model, plan.spec), plan
+
+
+def client_adapted(model: nn.Module, entry: str) -> nn.Module:
+    """A client's model from the ``adapter-spec`` entry: the backbone checked, then adapted."""
+    try:
+        spec_json = json.loads(entry)
+        spec = LoraSpec(
+            rank=int(spec_json["rank"]),
+            alpha=float(spec_json["alpha"]),
+            targets=tuple(spec_json["targets"]) if spec_json["targets"] else None,
+            train_a=bool(spec_json["train_a"]),
+            seed=int(spec_json["seed"]),
+        )
+        backbone, sha256 = str(spec_json["backbone"]), str(spec_json["sha256"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{ADAPTER_KEY} is not a valid adapter spec: {err}") from err
+    load_backbone(model, backbone, sha256=sha256)
+    return AdaptedModel(model, spec)
