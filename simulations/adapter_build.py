@@ -10,17 +10,22 @@ its aggregation (:class:`strategies.lora_aggregation.LoraProductMean`).
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from fl_ext.models.adapted import AdaptedModel, load_backbone
 from fl_ext.models.lora import LoraSpec
 from simulations.group_build import build_group
 from strategies.lora_aggregation import LoraProductMean
+from strategies.lora_ranks import RANK_KEY, AdapterRanks
+from strategies.stage import Stage
+from strategies.submodels import Capacity
 
 MODES = ("ffa", "fedavg_ab", "flexlora")
 ADAPTER_KEY = "adapter-spec"  # the train/evaluate config entry clients build the adapters from
@@ -34,14 +39,20 @@ class AdapterPlan:
     spec: LoraSpec
     backbone: str
     sha256: str
+    ranks: AdapterRanks | None = None  # per-client ranks (adapter.ranks)
 
     def entry(self) -> dict[str, str]:
         """The config entry every message carries."""
         return {ADAPTER_KEY: json.dumps(adapter_json(self.spec, self.backbone, self.sha256))}
 
-    def aggregation(self) -> LoraProductMean | None:
-        """FlexLoRA's aggregation (the others average the travelling tensors)."""
-        return LoraProductMean(alpha=self.spec.alpha) if self.mode == "flexlora" else None
+    def stages(self) -> list[Stage]:
+        """FlexLoRA's aggregation (the others average the travelling tensors); the ranks."""
+        out: list[Stage] = []
+        if self.mode == "flexlora":
+            out.append(LoraProductMean(alpha=self.spec.alpha))
+        if self.ranks is not None:
+            out.append(self.ranks)
+        return out
 
 
 def adapter_json(spec: LoraSpec, backbone: str, sha256: str) -> dict[str, Any]:
@@ -63,8 +74,12 @@ def lora(
     targets: list[str] | None = None,
     backbone: str | None = None,
     backbone_sha256: str | None = None,
+    ranks: list[int] | None = None,
+    assign: str = "tiers",
+    shares: list[float] | None = None,
+    max_relative_time: float = 2.0,
 ) -> dict[str, Any]:
-    """The group's settings, checked (the model is adapted in :func:`adapt`)."""
+    """The group's settings, checked (the model is adapted in :func:`build_adapter`)."""
     if mode not in MODES:
         raise ValueError(f"adapter.mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not backbone:
@@ -79,7 +94,18 @@ def lora(
         train_a=mode != "ffa",
         seed=int(seed),
     )
-    return {"mode": mode, "spec": spec, "backbone": backbone, "sha256": backbone_sha256}
+    stage = None
+    if ranks:
+        values = sorted({int(r) for r in ranks})
+        capacity = Capacity(
+            widths=[r / spec.rank for r in values], assign=assign, shares=shares,
+            max_relative_time=max_relative_time, seed=int(seed),
+        )  # fmt: skip
+        stage = AdapterRanks(rank=spec.rank, ranks=values, capacity=capacity)
+    return {
+        "mode": mode, "spec": spec, "backbone": backbone, "sha256": backbone_sha256,
+        "ranks": stage,
+    }  # fmt: skip
 
 
 def build_adapter(conf: dict[str, Any], model: nn.Module) -> tuple[nn.Module, AdapterPlan | None]:
@@ -91,12 +117,20 @@ def build_adapter(conf: dict[str, Any], model: nn.Module) -> tuple[nn.Module, Ad
         raise ValueError("adapter=lora and submodel cannot be combined: choose one")
     path = str(Path(str(settings["backbone"])).expanduser().resolve())
     digest = load_backbone(model, path, sha256=settings["sha256"])
-    plan = AdapterPlan(mode=settings["mode"], spec=settings["spec"], backbone=path, sha256=digest)
+    plan = AdapterPlan(
+        mode=settings["mode"], spec=settings["spec"], backbone=path, sha256=digest,
+        ranks=settings["ranks"],
+    )  # fmt: skip
     return AdaptedModel(model, plan.spec), plan
 
 
-def client_adapted(model: nn.Module, entry: str) -> nn.Module:
-    """A client's model from the ``adapter-spec`` entry: the backbone checked, then adapted."""
+def client_adapted(model: nn.Module, entry: str, *, rank: object = None) -> nn.Module:
+    """A client's model from the ``adapter-spec`` entry: the backbone checked, then adapted.
+
+    ``rank`` (the message's ``adapter-rank``): train the leading ``rank`` ranks, with the scale
+    ``alpha rank / R`` (the same ``s`` as every other party); under FFA its frozen A is the
+    leading rows of the rank-R A every party draws from the seed.
+    """
     try:
         spec_json = json.loads(entry)
         spec = LoraSpec(
@@ -110,4 +144,17 @@ def client_adapted(model: nn.Module, entry: str) -> nn.Module:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{ADAPTER_KEY} is not a valid adapter spec: {err}") from err
     load_backbone(model, backbone, sha256=sha256)
-    return AdaptedModel(model, spec)
+    if rank is None or rank == spec.rank:
+        return AdaptedModel(model, spec)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < spec.rank:
+        raise ValueError(f"{RANK_KEY} must be an integer in [1, {spec.rank}), got {rank!r}")
+    reference = AdaptedModel(copy.deepcopy(model), spec) if not spec.train_a else None
+    low = replace(spec, rank=rank, alpha=spec.alpha * rank / spec.rank)
+    adapted = AdaptedModel(model, low)
+    if reference is not None:  # FFA: A is not sent; the leading rows of the shared draw
+        full = dict(reference.inner.named_parameters())
+        with torch.no_grad():
+            for name, param in adapted.inner.named_parameters():
+                if ".lora_A." in name:
+                    param.copy_(full[name][:rank])
+    return adapted

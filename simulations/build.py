@@ -143,7 +143,6 @@ def build(experiment: Experiment) -> Built:
             conf, model, split.input_shape, compression=compression, stragglers=stragglers,
             privacy=privacy,
         )  # fmt: skip
-        flexlora = adapter.aggregation() if adapter is not None else None
         if adapter is not None and isinstance(privacy, SampleLevelDP):
             raise ValueError(
                 "adapter=lora with privacy=dp_sgd is not supported yet (Opacus on a peft model "
@@ -179,7 +178,7 @@ def build(experiment: Experiment) -> Built:
                 *build_dropout(conf, secure is not None),
                 data_versions,
                 *([submodel] if submodel is not None else []),
-                *([flexlora] if flexlora is not None else []),
+                *(adapter.stages() if adapter is not None else []),
             ],
             driver=driver,
         )

@@ -23,6 +23,7 @@ from fl_ext.models import ClassifierNet
 from fl_ext.specs import build_from_spec, spec_from_json
 from simulations.adapter_build import ADAPTER_KEY, client_adapted
 from simulations.console import configure_console
+from strategies.lora_ranks import RANK_KEY
 
 configure_console()  # in the simulation's actor process too: one line per event
 
@@ -54,7 +55,7 @@ def client_fn(context: Context, config: dict[str, Any]) -> SgdClient:
         num_classes=data.num_classes,
     )
     if ADAPTER_KEY in config:  # a frozen backbone with LoRA adapters: only they travel
-        model = client_adapted(model, str(config[ADAPTER_KEY]))
+        model = client_adapted(model, str(config[ADAPTER_KEY]), rank=config.get(RANK_KEY))
     max_width = node_max_width(context)
     task = SubModelTask.from_config(config)
     make_forward = None

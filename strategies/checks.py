@@ -68,7 +68,8 @@ class ReplyChecks:
         if view is None:
             return self.decoder.to_update(rnd, reply, out)
         local = self.decoder.to_update(rnd, reply, torch.empty(view.spec.size))
-        rnd.coverage[reply.node_id] = view.mask()
+        if view.partial:  # its missing coordinates are not votes
+            rnd.coverage[reply.node_id] = view.mask()
         return view.to_global(local, out)
 
     def _parse(self, rnd: Round, msg: Message, *, expected: bool) -> TrainReply | Rejection:

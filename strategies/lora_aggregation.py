@@ -1,5 +1,8 @@
 """FlexLoRA's aggregation: the exact weighted mean of the adapters' products, re-factored.
 
+Clients of a lower rank (:mod:`strategies.lora_ranks`) hold the leading ranks; their factors
+are zero beyond them, so the mean is still the exact mean of their products.
+
 Averaging LoRA's A and B separately (FlowerTune) is inexact: mean(B) mean(A) != mean(B A).
 This aggregation rebuilds each client's factors (the round's global adapters plus its
 update), takes ``sum_i w_i s B_i A_i`` per adapted layer in float64 and factors it back to
@@ -48,7 +51,13 @@ class LoraProductMean(Aggregation):
             log(WARNING, "Round %d skipped: %s", rnd.number, rnd.log.skipped)
             return None
         base = rnd.global_flat.double()
-        states = [rnd.spec.unflatten((base + row.double()).float()) for row in updates]
+        states = []
+        for reply, row in zip(accepted, updates, strict=True):
+            factors = base + row.double()
+            view = rnd.views.get(reply.node_id)
+            if view is not None:  # a lower-rank client: its factors are zero beyond its rank
+                factors = torch.where(view.mask(), factors, torch.zeros_like(factors))
+            states.append(rnd.spec.unflatten(factors.float()))
         counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
         weights = capped_example_weights(counts, self.weight_cap_factor)
         (merged,) = flexlora_states(

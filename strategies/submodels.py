@@ -243,4 +243,3 @@ class SubModels(Stage):
     def summary(self) -> str:
         tiers = ", ".join(f"{w:g}" for w in self.widths)
         return f"sub-models: {self.policy}, widths {tiers}, assigned by {self.capacity.assign}"
-

@@ -43,6 +43,9 @@ class NodeView:
     global_size: int
     schema: str  # the model schema the node reports for this view (names, shapes, dtypes)
     slicer: SliceFn = field(repr=False, compare=False)
+    # True: the node's missing coordinates are not votes (aggregated over holders only);
+    # False: its zeros count (zero-padded LoRA ranks, whose mean is the exact product mean)
+    partial: bool = True
 
     @classmethod
     def of(
@@ -51,6 +54,8 @@ class NodeView:
         slicer: SliceFn,
         global_named: Mapping[str, np.ndarray],
         flat_index: np.ndarray,
+        *,
+        partial: bool = True,
     ) -> NodeView:
         """The view ``slicer`` makes of ``global_named`` (its spec taken from one slice)."""
         sliced = slicer(global_named)
@@ -69,6 +74,7 @@ class NodeView:
             global_size=size,
             schema=schema_hash(sliced),
             slicer=slicer,
+            partial=partial,
         )
 
     def send(self, global_named: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:

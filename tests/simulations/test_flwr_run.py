@@ -67,7 +67,9 @@ def test_flwr_run_trains_tracks_registers_and_matches_the_inprocess_driver(link,
 @pytest.mark.parametrize(
     "selection",
     [
-        "selection=oort network=mixed preprocessing=federated_stats preprocessing.min_count=5",
+        # and capacity-scaled sub-models by device speed, with federated evaluation
+        "selection=oort network=mixed preprocessing=federated_stats preprocessing.min_count=5 "
+        "submodel=heterofl submodel.assign=network fraction_evaluate=0.5",
         "selection=power_of_choice driver=fedbuff driver.concurrency=3 driver.buffer_size=2",
         "selection=weighted secagg=secagg_plus",  # and the SecAgg+ phases as real messages
     ],
@@ -93,6 +95,9 @@ def test_every_selector_runs_through_a_real_flwr_run(link, selection):
     assert "[ROUND 2/2]" in outcome.output and "Round 1/2: " in outcome.output
     if "federated_stats" in selection:  # the query phase as real messages, before round 1
         assert "Federated statistics from 6 clients" in outcome.output
+    if "submodel" in selection:  # slices trained and evaluated: no schema refused
+        assert "sub-models: static" in outcome.output
+        assert "incompatible" not in outcome.output and "rejected" not in outcome.output
     if "secagg" in selection:
         assert "secure aggregation: plus graph" in outcome.output
         assert "abandoned" not in outcome.output and "refused" not in outcome.output

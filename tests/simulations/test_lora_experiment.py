@@ -5,8 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord
 
-from fl_ext.models.lora import adapter_state
+from fl_ext.models.lora import adapter_state, product_mean, truncate
+from fl_ext.params import get_weights
+from flwr_records import named_array_record
 from simulations.build import build
 from simulations.client_app import app as client_app
 from simulations.config import ConfigError, compose_experiment
@@ -53,12 +56,6 @@ def test_each_mode_fine_tunes_only_the_adapters(backbone, mode):
 
 def test_flexlora_aggregate_is_the_truncated_exact_product_mean(backbone):
     """One round by hand: the new global adapters are truncate(mean B_i A_i), not mean A, B."""
-    from flwr.app import ConfigRecord
-
-    from fl_ext.models.lora import product_mean, truncate
-    from fl_ext.params import get_weights
-    from flwr_records import named_array_record
-
     built = build(
         compose_experiment(lora(backbone, "adapter.mode=flexlora", "fraction_evaluate=0"))
     )
@@ -122,3 +119,57 @@ def test_a_missing_backbone_is_a_clear_config_error(tmp_path):
 def test_adapter_state_is_the_models_state(backbone):
     built = build(compose_experiment(lora(backbone)))
     assert list(built.model.state_dict()) == list(adapter_state(built.model.inner))
+
+
+def one_round(built, nodes=4):
+    strategy = built.strategy
+    grid = InProcessGrid(client_app, nodes)
+    arrays = named_array_record(get_weights(built.model))
+    config = ConfigRecord(dict(built.train_config))
+    messages = list(strategy.configure_train(1, arrays, config, grid))
+    replies = grid.send_and_receive(messages)
+    updates, accepted = strategy.accept_train(1, replies)
+    new, _ = strategy.finish_train(1, updates, accepted)
+    got = dict(zip(new.keys(), new.to_numpy_ndarrays(), strict=True))
+    return messages, accepted, got
+
+
+def client_delta(reply, module, scale, a_fixed=None):
+    """s B_i A_i of one client's reply (its own rank)."""
+    b = reply.arrays[f"{module}.lora_B.default.weight"]
+    a = (
+        a_fixed[: b.shape[1]]
+        if a_fixed is not None
+        else reply.arrays[f"{module}.lora_A.default.weight"]
+    )
+    return scale * b.astype(np.float64) @ a.astype(np.float64)
+
+
+@pytest.mark.parametrize("mode", ["ffa", "flexlora"])
+def test_per_client_ranks_keep_the_aggregate_exact(backbone, mode):
+    more = [f"adapter.mode={mode}", "adapter.ranks=[1,2,4]", "adapter.shares=[1,1,2]",
+            "fraction_evaluate=0"]  # fmt: skip
+    built = build(compose_experiment(lora(backbone, *more)))
+    messages, accepted, got = one_round(built)
+    ranks = sorted(int(m.content["config"]["adapter-rank"]) for m in messages)
+    assert ranks == [1, 2, 4, 4]
+    spec = built.model.spec
+    s = spec.scaling  # alpha / R: every party's scale
+    counts = np.array([r.num_examples for r in accepted], dtype=np.float64)
+    w = counts / counts.sum()
+    inner = dict(built.model.inner.named_parameters())
+    module = "net.1"
+    a_fixed = inner[f"{module}.lora_A.default.weight"].detach().numpy() if mode == "ffa" else None
+    exact = sum(wi * client_delta(r, module, s, a_fixed) for wi, r in zip(w, accepted, strict=True))
+    b_new = got[f"{module}.lora_B.default.weight"].astype(np.float64)
+    if mode == "ffa":  # the zero-padded mean of B is the exact mean of the products
+        np.testing.assert_allclose(s * b_new @ a_fixed, exact, atol=1e-5)
+    else:  # FlexLoRA: the best rank-R approximation of the exact mean
+        a_new = got[f"{module}.lora_A.default.weight"].astype(np.float64)
+        sv = np.linalg.svd(exact, compute_uv=False)
+        err = np.linalg.norm(s * b_new @ a_new - exact)
+        assert err == pytest.approx(np.sqrt((sv[spec.rank :] ** 2).sum()), abs=1e-5)
+    # a rank-1 client's upload is a quarter of a rank-4 one's
+    by_rank = {int(m.content["config"]["adapter-rank"]): m.metadata.dst_node_id for m in messages}
+    sizes = {r.node_id: sum(a.size for a in r.arrays.values()) for r in accepted}
+    assert sizes[by_rank[1]] * 4 == sizes[by_rank[4]]

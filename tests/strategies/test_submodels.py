@@ -186,3 +186,17 @@ def test_tier_shares_are_exact_on_the_first_nodes_and_survive_a_restart():
     again = Capacity(widths=[0.25, 0.5, 1.0], shares=[0.35, 0.35, 0.3])
     again.load_state_dict(cap.state_dict())
     assert again.known == cap.known
+
+
+def test_a_robust_rule_and_an_uplink_codec_work_on_the_slices():
+    built, result = run_experiment(
+        ["submodel=heterofl", "aggregator=median", "aggregator.f=1", "codec=int8",
+         "num_rounds=3", "local_epochs=2"]
+    )  # fmt: skip
+    metrics = result.train_metrics_clientapp[3]
+    assert metrics["clients_valid"] == 6 and last_log(built)["clients_rejected"] == 0
+    # the weak tier's int8 payload is its slice: far smaller than a full client's
+    assert metrics["bytes_up_w0.25"] / metrics["clients_width_0.25"] < (
+        metrics["bytes_up_w1"] / metrics["clients_width_1"] / 5
+    )
+    assert built.history[3] > built.history[0] + 0.3
