@@ -38,11 +38,13 @@ class AdapterPlan:
     mode: str
     spec: LoraSpec
     backbone: str
-    sha256: str
+    sha256: str | None  # None until the backbone is loaded: then the file's hash
     ranks: AdapterRanks | None = None  # per-client ranks (adapter.ranks)
 
     def entry(self) -> dict[str, str]:
         """The config entry every message carries."""
+        if self.sha256 is None:
+            raise ValueError("the backbone is not loaded yet (no hash to send)")
         return {ADAPTER_KEY: json.dumps(adapter_json(self.spec, self.backbone, self.sha256))}
 
     def stages(self) -> list[Stage]:
@@ -78,8 +80,8 @@ def lora(
     assign: str = "tiers",
     shares: list[float] | None = None,
     max_relative_time: float = 2.0,
-) -> dict[str, Any]:
-    """The group's settings, checked (the model is adapted in :func:`build_adapter`)."""
+) -> AdapterPlan:
+    """The group's plan, checked (the backbone is loaded in :func:`build_adapter`)."""
     if mode not in MODES:
         raise ValueError(f"adapter.mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not backbone:
@@ -102,25 +104,18 @@ def lora(
             max_relative_time=max_relative_time, seed=int(seed),
         )  # fmt: skip
         stage = AdapterRanks(rank=spec.rank, ranks=values, capacity=capacity)
-    return {
-        "mode": mode, "spec": spec, "backbone": backbone, "sha256": backbone_sha256,
-        "ranks": stage,
-    }  # fmt: skip
+    return AdapterPlan(mode=mode, spec=spec, backbone=backbone, sha256=backbone_sha256, ranks=stage)
 
 
 def build_adapter(conf: dict[str, Any], model: nn.Module) -> tuple[nn.Module, AdapterPlan | None]:
     """The adapted model and its plan, or ``(model, None)`` for ``adapter=none``."""
-    settings = build_group("adapter", conf, dict, int(conf["seed"]))
-    if settings is None:
+    plan = build_group("adapter", conf, AdapterPlan, int(conf["seed"]))
+    if plan is None:
         return model, None
     if (conf.get("submodel") or {}).get("_target_"):
         raise ValueError("adapter=lora and submodel cannot be combined: choose one")
-    path = str(Path(str(settings["backbone"])).expanduser().resolve())
-    digest = load_backbone(model, path, sha256=settings["sha256"])
-    plan = AdapterPlan(
-        mode=settings["mode"], spec=settings["spec"], backbone=path, sha256=digest,
-        ranks=settings["ranks"],
-    )  # fmt: skip
+    path = str(Path(plan.backbone).expanduser().resolve())
+    plan = replace(plan, backbone=path, sha256=load_backbone(model, path, sha256=plan.sha256))
     return AdaptedModel(model, plan.spec), plan
 
 

@@ -35,6 +35,8 @@ GROUPS = (
     "secagg",
     "driver",
     "preprocessing",
+    "submodel",
+    "adapter",
     "dataset",
     "partition",
     "model",
@@ -43,6 +45,7 @@ GROUPS = (
 # groups whose `none` option is `_target_: null` (the component is off)
 OPTIONAL_GROUPS = (
     "attack", "privacy", "codec", "network", "server_opt", "secagg", "driver", "preprocessing",
+    "submodel", "adapter",
 )  # fmt: skip
 TASKS = ("train", "statistics", "monitor")
 

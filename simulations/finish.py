@@ -20,6 +20,7 @@ from fl_ext.tracking.plots import accuracy_plot_png
 from simulations import naming
 from simulations.build import Built
 from simulations.checkpointing import RoundSaver
+from simulations.config import Experiment
 from simulations.data_records import client_data_tag
 
 log = logging.getLogger("fl_ext")
@@ -71,6 +72,7 @@ def finish(built: Built, result: Result, *, num_clients: int, saver: RoundSaver)
         "fl_ext_version": fl_ext.__version__,
         **test_split_tags(built),
         "simulated_attack": str(built.strategy.byzantine is not None).lower(),
+        **model_variant_tags(exp),
     }
     privacy = built.strategy.privacy
     if privacy is not None:
@@ -253,3 +255,16 @@ def _best_verdict(
     if best_accuracy > theirs:
         return True, f"{best_accuracy:.4f} beats @best v{v} ({theirs:.4f}): moved"
     return False, f"{best_accuracy:.4f} does not beat @best v{v} ({theirs:.4f}): it stays"
+
+
+def model_variant_tags(exp: Experiment) -> dict[str, str]:
+    """What kind of model a version is: sub-model policy, LoRA mode and backbone."""
+    conf, tags = exp.resolved(), dict[str, str]()
+    if exp.choices.get("submodel", "none") != "none":
+        sub = conf["submodel"]
+        tags["submodel"] = f"{sub['policy']} widths {list(sub['widths'])}"
+    if exp.choices.get("adapter", "none") != "none":
+        lora = conf["adapter"]
+        tags["adapter"] = f"lora {lora['mode']} rank {lora['rank']} alpha {lora['alpha']:g}"
+        tags["backbone"] = str(lora["backbone"])
+    return tags

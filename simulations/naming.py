@@ -26,6 +26,7 @@ MAX_VALUE = 24  # characters of one value in it
 # groups named as `group=option` after the core name when not the default
 _EXTRA_GROUPS = (
     "privacy", "codec", "selection", "network", "server_opt", "secagg", "driver", "preprocessing",
+    "submodel", "adapter",
 )  # fmt: skip
 # keys that do not change what a run computes, or are paths
 _NOT_NAMED = ("tracking", "checkpoint", "resume", "rollback_from", "aggregation_device",

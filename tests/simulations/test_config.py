@@ -22,6 +22,8 @@ def test_default_experiment():
         "secagg": "none",
         "driver": "sync",
         "preprocessing": "none",
+        "submodel": "none",
+        "adapter": "none",
         "dataset": "mnist5k",
         "partition": "iid",
         "model": "cnn",

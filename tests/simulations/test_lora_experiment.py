@@ -173,3 +173,12 @@ def test_per_client_ranks_keep_the_aggregate_exact(backbone, mode):
     by_rank = {int(m.content["config"]["adapter-rank"]): m.metadata.dst_node_id for m in messages}
     sizes = {r.node_id: sum(a.size for a in r.arrays.values()) for r in accepted}
     assert sizes[by_rank[1]] * 4 == sizes[by_rank[4]]
+
+
+def test_registered_versions_say_which_adapter_and_submodel(backbone):
+    from simulations.finish import model_variant_tags
+
+    tags = model_variant_tags(compose_experiment(lora(backbone, "adapter.mode=flexlora")))
+    assert tags["adapter"] == "lora flexlora rank 4 alpha 16" and tags["backbone"] == str(backbone)
+    tags = model_variant_tags(compose_experiment([*BASE, "submodel=fjord"]))
+    assert tags == {"submodel": "ordered_dropout widths [0.25, 0.5, 1.0]"}
