@@ -185,6 +185,14 @@ def load_parts_state(
 
 
 HINTS = {
+    "node_views": (
+        " (each node trains its own slice of the model: only the synchronous driver sends "
+        "per-node slices; use driver=sync)"
+    ),
+    "coverage_aggregation": (
+        " (every coordinate averaged over the clients that hold it: the robust pipeline does "
+        "it; client-level DP's mechanism does not, its sensitivity assumes whole updates)"
+    ),
     "reference_update": (
         " (the server's own update each round: give the strategy reference_update, the "
         "dataset a root set with dataset.root_size)"
