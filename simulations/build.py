@@ -52,6 +52,7 @@ from strategies.data_versions import DataVersions
 from strategies.dropout import SimulatedDropout
 from strategies.federated_stats import FederatedStatistics
 from strategies.privacy import ClientLevelDP, SampleLevelDP
+from strategies.rollback import Rollback
 from strategies.stragglers import RoundPolicy, StragglerPolicy
 from strategies.submodels import SubModels
 
@@ -179,6 +180,7 @@ def build(experiment: Experiment) -> Built:
                 data_versions,
                 *([submodel] if submodel is not None else []),
                 *(adapter.stages() if adapter is not None else []),
+                *build_rollback(conf),
             ],
             driver=driver,
         )
@@ -290,6 +292,12 @@ def build_driver(
     if driver.job_timeout_s is None:
         driver.job_timeout_s = float(conf["round_timeout"])
     return driver
+
+
+def build_rollback(conf: dict[str, Any]) -> list[Rollback]:
+    """The rollback stage when ``rollback.max_drop`` is set (it needs centralized evaluation)."""
+    max_drop = (conf.get("rollback") or {}).get("max_drop")
+    return [] if max_drop is None else [Rollback(max_drop=float(max_drop))]
 
 
 def build_dropout(conf: dict[str, Any], secure: bool) -> list[SimulatedDropout]:

@@ -153,6 +153,10 @@ class SyncRounds(Stage):
     ) -> bool:
         """Stages see the metrics, then checkpoint and report; True if a stage ends the run."""
         engine.stop_reason = engine.after_round(server_round, metrics)  # before the checkpoint
+        kept = engine.replacement()
+        if kept is not None:  # a stage undid the round: the model it started from is kept
+            spec.result.arrays = kept
+            metrics.update(spec.central(server_round, kept))
         if checkpoint_fn is not None:
             checkpoint_fn(server_round, spec.result.arrays, metrics)
         notify(server_round, metrics)

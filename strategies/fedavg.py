@@ -454,6 +454,11 @@ class FlExtFedAvg(FedAvg):
         reasons = [stage.after_round(server_round, metrics) for stage in self.stages]
         return first(iter(reasons))
 
+    def replacement(self) -> ArrayRecord | None:
+        """The model a stage keeps instead of the round's (rollback), or None."""
+        named = first(stage.replacement() for stage in self.stages)
+        return None if named is None else named_array_record(named)
+
     def clock_limits(self, needed: int, timeout: float) -> tuple[int | None, float]:
         """``(stop after this many replies, wait at most)`` for the train exchange."""
         if self.stragglers is None:

@@ -28,7 +28,8 @@ Phase order (``strategies.fedavg.FlExtFedAvg`` calls them, stages in list order)
 11. ``transform(rnd, updates, accepted)``: may change the stacked updates (simulated attacks);
 12. the aggregation (then the server optimizer) makes the new global model;
 13. ``metrics(rnd)``: the stage's figures for the round;
-14. ``after_round(server_round, metrics)``: end the run after this round (early stopping).
+14. ``after_round(server_round, metrics)``: end the run after this round (early stopping);
+    ``replacement()``: the model to keep instead of the round's (automatic rollback).
 
 ``state_dict()`` / ``load_state_dict(state, first_round=)`` carry a stage across a restart; the
 checkpoint holds ``{stage name: state}`` (numpy arrays at the top level of a state go to the
@@ -42,6 +43,7 @@ marks what only an fl-ext client (or its client mods) can serve.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -117,6 +119,10 @@ class Stage:
 
     def after_round(self, server_round: int, metrics: dict[str, float]) -> str | None:
         """Add to the round's final metrics; a reason ends the run after this round."""
+        return None
+
+    def replacement(self) -> OrderedDict[str, np.ndarray] | None:
+        """After ``after_round``: the global model to keep instead of the round's (rollback)."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
