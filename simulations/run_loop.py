@@ -145,6 +145,11 @@ def _run_tracked(
 
     def on_round_end(server_round: int, metrics: dict[str, float]) -> None:
         tracker.log_metrics(server_round, metrics)
+        for path, data in built.strategy.artifacts().items():  # each round: none lost
+            if isinstance(data, bytes):
+                tracker.log_png(data, path)
+            else:
+                tracker.log_text(data, path)
         for key in ("fed_eval_accuracy", "fed_eval_received_accuracy"):
             if key in metrics:
                 built.last_fed_eval = float(metrics[key])

@@ -338,6 +338,7 @@ class FlExtFedAvg(FedAvg):
             stage.on_accepted(rnd, accepted)
         for stage in self.stages:
             updates, accepted = stage.transform(rnd, updates, accepted)
+        rnd.updates, rnd.accepted = updates, accepted
         return updates, accepted
 
     def finish_train(
@@ -347,7 +348,7 @@ class FlExtFedAvg(FedAvg):
         rnd = self._require_round(server_round)
         delta = None
         if rnd.log.skipped is None or self.aggregation.min_inputs() == 0:
-            delta = self.aggregation.aggregate(rnd, updates, accepted)
+            delta = rnd.aggregate = self.aggregation.aggregate(rnd, updates, accepted)
         metrics: dict[str, Any] = {"clients_valid": len(accepted)}
         losses = [float(r.metrics["train_loss"]) for r in accepted if "train_loss" in r.metrics]
         if losses and delta is not None:
@@ -453,6 +454,13 @@ class FlExtFedAvg(FedAvg):
         """Every stage sees the round's metrics (and may add to them); the first reason ends."""
         reasons = [stage.after_round(server_round, metrics) for stage in self.stages]
         return first(iter(reasons))
+
+    def artifacts(self) -> dict[str, str | bytes]:
+        """Files the stages made this round (telemetry, audit log, plots), to be tracked."""
+        out: dict[str, str | bytes] = {}
+        for stage in self.stages:
+            out.update(stage.artifacts())
+        return out
 
     def replacement(self) -> ArrayRecord | None:
         """The model a stage keeps instead of the round's (rollback), or None."""

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import WARNING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from fl_ext.compat import schema_hash
 from fl_ext.params import ParamSpec
 from fl_ext.validation import Rejection
 from strategies.round_log import RoundLog
+
+if TYPE_CHECKING:
+    from strategies.replies import TrainReply
 from strategies.views import NodeView
 
 
@@ -52,6 +56,10 @@ class Round:
     masked: dict[int, np.ndarray] = field(default_factory=dict)  # secure aggregation's inputs
     secure_sum: torch.Tensor | None = None  # their unmasked weighted mean (None: abandoned)
     secure: dict[str, float] | None = None  # the protocol's parameters and telemetry
+    updates: torch.Tensor | None = None  # what the aggregation got (after the transforms)
+    accepted: list[TrainReply] = field(default_factory=list)  # their replies, row by row
+    aggregate: torch.Tensor | None = None  # the aggregation's result (before a server step)
+    status: dict[int, str] = field(default_factory=dict)  # per node, e.g. "quarantined"
     views: dict[int, NodeView] = field(default_factory=dict)  # nodes that train a slice
     coverage: dict[int, torch.Tensor] = field(default_factory=dict)  # their held coordinates
     # the aggregation as an omniscient attacker evaluates it (its state untouched)

@@ -121,6 +121,10 @@ class Stage:
         """Add to the round's final metrics; a reason ends the run after this round."""
         return None
 
+    def artifacts(self) -> dict[str, str | bytes]:
+        """Files for the run's record, by artifact path (text or PNG bytes); drained."""
+        return {}
+
     def replacement(self) -> OrderedDict[str, np.ndarray] | None:
         """After ``after_round``: the global model to keep instead of the round's (rollback)."""
         return None
