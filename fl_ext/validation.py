@@ -32,6 +32,7 @@ class RejectReason(StrEnum):
     BAD_METRIC = "bad_metric"
     INCOMPATIBLE = "incompatible"  # fl-ext version or model schema the server cannot use
     OVER_BUDGET = "over_budget"  # its DP-SGD spend took its client past the privacy budget
+    QUARANTINED = "quarantined"  # governance: the node is quarantined or suspended
 
 
 @dataclass(frozen=True)

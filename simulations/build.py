@@ -34,6 +34,7 @@ from fl_ext.preagg import PreAggregator
 from fl_ext.selection import Selector
 from fl_ext.server_opt import ServerOptimizer
 from fl_ext.specs import SpecError, build_from_spec, spec_to_json
+from fl_ext.telemetry import FreeRiderDetector, QuarantinePolicy, SuspicionDetector
 from fl_ext.tracking import Tracker
 from fl_ext.training import TrainConfig, seed_for, train_local
 from simulations.adapter_build import build_adapter
@@ -51,8 +52,10 @@ from strategies.compression import AdaptiveCompression, Compression
 from strategies.data_versions import DataVersions
 from strategies.dropout import SimulatedDropout
 from strategies.federated_stats import FederatedStatistics
+from strategies.governance import Quarantine, Telemetry
 from strategies.privacy import ClientLevelDP, SampleLevelDP
 from strategies.rollback import Rollback
+from strategies.stage import Stage
 from strategies.stragglers import RoundPolicy, StragglerPolicy
 from strategies.submodels import SubModels
 
@@ -181,6 +184,7 @@ def build(experiment: Experiment) -> Built:
                 *([submodel] if submodel is not None else []),
                 *(adapter.stages() if adapter is not None else []),
                 *build_rollback(conf),
+                *build_governance(conf),
             ],
             driver=driver,
         )
@@ -192,6 +196,7 @@ def build(experiment: Experiment) -> Built:
         raise ConfigError(
             f"strategy._target_ must build an FlExtFedAvg, got {type(strategy).__name__}"
         )
+    link_telemetry_truth(strategy)
     if not isinstance(tracker, Tracker):
         raise ConfigError(f"tracking._target_ must build a Tracker, got {type(tracker).__name__}")
     data_keys: dict[str, Any] = {
@@ -292,6 +297,32 @@ def build_driver(
     if driver.job_timeout_s is None:
         driver.job_timeout_s = float(conf["round_timeout"])
     return driver
+
+
+def build_governance(conf: dict[str, Any]) -> list[Stage]:
+    """Telemetry and quarantine stages as ``telemetry.enabled`` / ``quarantine.enabled`` say."""
+    out: list[Stage] = []
+    tel, quar = dict(conf.get("telemetry") or {}), dict(conf.get("quarantine") or {})
+    if tel.pop("enabled", False):
+        out.append(Telemetry(**tel))
+    if quar.pop("enabled", False):
+        window, free = quar.pop("window", 5), quar.pop("free_riders", True)
+        out.append(
+            Quarantine(
+                policy=QuarantinePolicy(**quar),
+                detector=SuspicionDetector(window=window),
+                free_riders=FreeRiderDetector(seed=int(conf["seed"])) if free else None,
+            )
+        )
+    return out
+
+
+def link_telemetry_truth(strategy: FlExtFedAvg) -> None:
+    """In simulation, telemetry knows which nodes the attack made Byzantine (its plots)."""
+    byzantine = strategy.byzantine
+    for stage in strategy.stages:
+        if isinstance(stage, Telemetry) and byzantine is not None:
+            stage.truth = byzantine.is_byzantine
 
 
 def build_rollback(conf: dict[str, Any]) -> list[Rollback]:

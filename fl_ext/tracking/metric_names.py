@@ -44,6 +44,7 @@ _PREFIXES = (
     ("test_accuracy_w", "accuracy/test_w"),  # every width of a sub-model run
     ("test_loss_w", "loss/test_w"),
     ("coverage_", "clients/coverage_"),
+    ("telemetry_", "telemetry/"),
     ("coordinates_", "clients/coordinates_"),
     ("eval_clients_", "clients/eval_"),
     ("clients_", "clients/"),
