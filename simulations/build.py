@@ -307,11 +307,13 @@ def build_governance(conf: dict[str, Any]) -> list[Stage]:
         out.append(Telemetry(**tel))
     if quar.pop("enabled", False):
         window, free = quar.pop("window", 5), quar.pop("free_riders", True)
+        min_rounds = quar.pop("min_rounds", 3)
         out.append(
             Quarantine(
                 policy=QuarantinePolicy(**quar),
                 detector=SuspicionDetector(window=window),
                 free_riders=FreeRiderDetector(seed=int(conf["seed"])) if free else None,
+                min_rounds=min_rounds,
             )
         )
     return out

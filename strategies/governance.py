@@ -165,8 +165,14 @@ class Quarantine(Stage):
         policy: QuarantinePolicy,
         detector: SuspicionDetector,
         free_riders: FreeRiderDetector | None = None,
+        min_rounds: int = 3,
     ) -> None:
+        if not 1 <= min_rounds <= detector.window:
+            raise ValueError(
+                f"quarantine.min_rounds must be in [1, window={detector.window}], got {min_rounds}"
+            )
         self.policy, self.detector, self.free_riders = policy, detector, free_riders
+        self.min_rounds = int(min_rounds)
         self.audit: list[str] = []
         self._round_scores: dict[int, float] = {}
         self._decided: list[Decision] = []
@@ -201,7 +207,12 @@ class Quarantine(Stage):
             return updates, accepted
         nodes = [r.node_id for r in accepted]
         flags = self.free_riders.flags(nodes, updates) if self.free_riders is not None else {}
-        self._round_scores = self.detector.update(nodes, updates)
+        scores = self.detector.update(nodes, updates)
+        # a score acts once it averages min_rounds rounds: one round's z alone would quarantine
+        # an honest node in about a quarter of all-honest rounds of 13 nodes (measured)
+        self._round_scores = {
+            n: s for n, s in scores.items() if self.detector.rounds(n) >= self.min_rounds
+        }
         self._record(self.policy.decide(rnd.number, self._round_scores, flags))
         for node in nodes:
             rnd.status[node] = self.policy.state(node)

@@ -66,13 +66,19 @@ class SuspicionDetector:
             self.scores[node] = [*self.scores.get(node, []), float(value)][-self.window :]
         return {n: self.score(n) for n in node_ids}
 
+    def rounds(self, node: int) -> int:
+        """How many rounds (up to the window) the node's suspicion averages."""
+        return len(self.scores.get(node, []))
+
     def score(self, node: int) -> float:
         """The node's current suspicion (0 before it took part)."""
         past = self.scores.get(node)
         return float(np.mean(past)) if past else 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": {str(k): v for k, v in self.scores.items()}}
+        return {"window": self.window, "scores": {str(k): v for k, v in self.scores.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scores = {int(k): [float(x) for x in v] for k, v in dict(state["scores"]).items()}
+        self.scores = {
+            int(k): [float(x) for x in v][-self.window :] for k, v in dict(state["scores"]).items()
+        }

@@ -102,8 +102,17 @@ class FreeRiderDetector:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"history{i}": h for i, h in enumerate(self.history)}
+        return {
+            "sketch": np.array([self.seed, self.sketch_dim], dtype=np.int64),
+            **{f"history{i}": h for i, h in enumerate(self.history)},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = [int(v) for v in np.asarray(state.get("sketch", [self.seed, self.sketch_dim]))]
+        if saved != [self.seed, self.sketch_dim]:
+            raise ValueError(
+                f"free-rider state was sketched with seed/size {saved}, this detector uses "
+                f"{[self.seed, self.sketch_dim]}: replays would go unseen"
+            )
         keys = sorted((k for k in state if k.startswith("history")), key=lambda k: int(k[7:]))
         self.history = [np.asarray(state[k], dtype=np.float64) for k in keys]
