@@ -45,8 +45,8 @@ class QuarantinePolicy:
     def __init__(
         self,
         *,
-        warn_at: float = 2.0,
-        quarantine_at: float = 3.0,
+        warn_at: float = 2.5,
+        quarantine_at: float = 4.0,
         ttl_rounds: int = 5,
         suspend_after: int = 3,
     ) -> None:
