@@ -207,6 +207,8 @@ class SubModels(Stage):
             self._views, self._spec = {}, spec
         key = (width, self.offset(rnd))
         if key not in self._views:
+            # rolling windows move every round: keep only this round's views
+            self._views = {k: v for k, v in self._views.items() if k[1] == key[1]}
             index = self.plan.indices(width, offset=key[1])
             self._views[key] = NodeView.of(
                 f"w{width:g}-o{key[1]}", index.slice, rnd.global_named, index.flat_index(spec)
